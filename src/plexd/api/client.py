@@ -1,0 +1,513 @@
+"""ControlPlane: the request pipeline and one method per endpoint of WIRE.md."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gzip
+import logging
+import ssl
+import threading
+import zlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Final, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import msgspec
+from yarl import URL
+
+from . import types as t
+from .config import Config
+from .errors import (
+    MAX_ERROR_BODY,
+    APIConnectionError,
+    APITimeoutError,
+    PlexdError,
+    ResponseError,
+    from_response,
+)
+
+T = TypeVar("T")
+
+# API.md: "A JSON request body over 1024 bytes is gzip-compressed".
+GZIP_THRESHOLD = 1024
+# API.md: "A JSON response body, gzip or not, is never read past 10 MiB (decompressed)".
+MAX_RESPONSE_SIZE = 10 * 1024 * 1024
+# Largest piece of decompressed output produced at once, so a gzip bomb never
+# expands in memory by more than this before the cap is checked.
+_INFLATE_STEP = 256 * 1024
+_READ_SIZE = 64 * 1024
+
+_JSON = "application/json"
+_EVENT_STREAM = "text/event-stream"
+
+_NO_BODY: Final = object()
+
+
+def path_segment(value: str, name: str) -> str:
+    """Percent-encode ``value`` as exactly one path segment (``/``, ``?``, ``#``, ``%``, ``..``)."""
+    if not value:
+        raise ValueError(f"{name} must not be empty")
+    encoded = quote(value, safe="")
+    if encoded in (".", ".."):
+        # Dot segments are unreserved, yet a URL resolver would treat them as
+        # "this/parent directory": encode them so they stay names.
+        encoded = encoded.replace(".", "%2E")
+    return encoded
+
+
+def build_ssl_context(insecure_skip_verify: bool = False) -> ssl.SSLContext:
+    """The TLS settings of every connection: system CAs, TLS 1.2 minimum."""
+    context = ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def map_transport_error(exc: BaseException, what: str) -> PlexdError:
+    """The PlexdError for a transport exception (the caller raises it ``from exc``)."""
+    if isinstance(exc, TimeoutError):
+        return APITimeoutError(f"{what}: timed out")
+    detail = str(exc) or type(exc).__name__
+    return APIConnectionError(f"{what}: {detail}")
+
+
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, zlib.error, EOFError)
+
+
+class _Body:
+    """Reads a response body, decompressing gzip, never past ``limit`` decoded bytes."""
+
+    def __init__(self, response: aiohttp.ClientResponse, limit: int, what: str) -> None:
+        self._response = response
+        self._limit = limit
+        self._what = what
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("gzip", "x-gzip", "identity", ""):
+            raise ResponseError(f"{what}: unsupported Content-Encoding {encoding!r}")
+        self._gzip = encoding in ("gzip", "x-gzip")
+
+    async def read(self) -> bytes:
+        response = self._response
+        length = response.content_length
+        if not self._gzip and length is not None and length <= self._limit:
+            return await response.read()
+        out = bytearray()
+        inflater = zlib.decompressobj(wbits=31) if self._gzip else None
+        while chunk := await response.content.read(_READ_SIZE):
+            if inflater is None:
+                out += chunk
+                self._check(len(out))
+                continue
+            out += self._inflate(inflater, chunk, len(out))
+            while inflater.unconsumed_tail:
+                out += self._inflate(inflater, inflater.unconsumed_tail, len(out))
+        if inflater is not None:
+            out += inflater.flush()
+            if not inflater.eof:
+                raise ResponseError(f"{self._what}: truncated gzip body")
+        self._check(len(out))
+        return bytes(out)
+
+    def _inflate(self, inflater: Any, data: bytes, have: int) -> bytes:
+        try:
+            piece: bytes = inflater.decompress(data, _INFLATE_STEP)
+        except zlib.error as exc:
+            raise ResponseError(f"{self._what}: bad gzip body: {exc}") from None
+        self._check(have + len(piece))
+        return piece
+
+    def _check(self, size: int) -> None:
+        if size > self._limit:
+            raise ResponseError(
+                f"{self._what}: response body larger than {self._limit} bytes; not read further"
+            )
+
+
+async def _read_error_body(response: aiohttp.ClientResponse) -> bytes:
+    """At most MAX_ERROR_BODY bytes of an error body: never more from the socket."""
+    raw = bytearray()
+    with contextlib.suppress(*_TRANSPORT_ERRORS):
+        while len(raw) < MAX_ERROR_BODY:
+            chunk = await response.content.read(MAX_ERROR_BODY - len(raw))
+            if not chunk:
+                break
+            raw += chunk
+    if response.headers.get("Content-Encoding", "").strip().lower() in ("gzip", "x-gzip"):
+        try:
+            return zlib.decompressobj(wbits=31).decompress(bytes(raw), MAX_ERROR_BODY)
+        except zlib.error:
+            pass
+    return bytes(raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    method: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+class StreamingResponse:
+    """An open streaming response; leaving its ``async with`` block closes the connection."""
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, what: str, read_timeout: float | None
+    ) -> None:
+        self._response = response
+        self._what = what
+        self._read_timeout = read_timeout
+        self.status: int = response.status
+        self.headers: Mapping[str, str] = response.headers
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, in chunks of whatever size the socket delivers."""
+        content = self._response.content
+        try:
+            while True:
+                if self._read_timeout is None:
+                    chunk = await content.readany()
+                else:
+                    async with asyncio.timeout(self._read_timeout):
+                        chunk = await content.readany()
+                if not chunk:
+                    return
+                yield chunk
+        except _TRANSPORT_ERRORS as exc:
+            raise map_transport_error(exc, self._what) from exc
+
+
+class EventStreamResponse(StreamingResponse):
+    """The response of ``connect_sse``: a ``text/event-stream`` body read chunk by chunk."""
+
+
+class ArtifactStream(StreamingResponse):
+    """The response of ``fetch_artifact``; ``content_length`` is None when the server gave none."""
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, what: str, read_timeout: float | None
+    ) -> None:
+        super().__init__(response, what, read_timeout)
+        self.content_length: int | None = response.content_length
+
+
+class ControlPlane:
+    """An asyncio client of the Plexsphere control plane.
+
+    One aiohttp session per client; use it as ``async with ControlPlane(...) as cp``
+    or call :meth:`aclose` to release every connection.
+    """
+
+    def __init__(self, config: Config, version: str, logger: logging.Logger | None = None):
+        config = dataclasses.replace(config)
+        config.apply_defaults()
+        config.validate()
+        self.config = config
+        self._log = logger or logging.getLogger("plexd.api")
+        self._base = config.base_url.rstrip("/")
+        self._user_agent = f"plexd/{version}"
+        self._token = ""
+        self._token_lock = threading.Lock()
+        self._ssl = build_ssl_context(config.tls_insecure_skip_verify)
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        self._encoder = msgspec.json.Encoder()
+        self._decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+        if config.tls_insecure_skip_verify:
+            self._log.warning(
+                "TLS certificate verification is disabled (tls_insecure_skip_verify); "
+                "the control plane's identity is not checked",
+                extra={"base_url": self._base},
+            )
+
+    def __repr__(self) -> str:
+        return f"ControlPlane(base_url={self._base!r})"
+
+    # --- lifecycle --------------------------------------------------------
+
+    async def __aenter__(self) -> ControlPlane:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session and every connection it holds. Safe to call twice."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def set_auth_token(self, token: str) -> None:
+        """Set the bearer token of later requests (thread-safe; "" sends none)."""
+        with self._token_lock:
+            self._token = token
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise PlexdError("ControlPlane is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout),
+                auto_decompress=False,
+                trust_env=False,
+            )
+        return self._session
+
+    def _headers(self, accept: str) -> dict[str, str]:
+        headers = {"User-Agent": self._user_agent, "Accept": accept}
+        token = self._token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def _url(self, path: str) -> URL:
+        return URL(self._base + path, encoded=True)
+
+    def _decoder(self, result_type: Any) -> msgspec.json.Decoder[Any]:
+        decoder = self._decoders.get(result_type)
+        if decoder is None:
+            decoder = self._decoders[result_type] = msgspec.json.Decoder(result_type)
+        return decoder
+
+    # --- the request pipeline --------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any = _NO_BODY,
+        result_type: Any = None,
+        *,
+        want_result: bool = True,
+        url: URL | None = None,
+    ) -> Any:
+        """Send one JSON call and decode its answer; every endpoint goes through here."""
+        call = _Call(method, path)
+        headers = self._headers(_JSON)
+        headers["Accept-Encoding"] = "gzip"
+        data = None
+        if body is not _NO_BODY:
+            data = self._encode(body, call)
+            headers["Content-Type"] = _JSON
+            if len(data) > GZIP_THRESHOLD:
+                data = gzip.compress(data, compresslevel=6)
+                headers["Content-Encoding"] = "gzip"
+        session = self._get_session()
+        try:
+            async with asyncio.timeout(self.config.request_timeout):
+                async with session.request(
+                    method,
+                    url or self._url(path),
+                    data=data,
+                    headers=headers,
+                    allow_redirects=False,
+                ) as response:
+                    await self._raise_for_status(response, call)
+                    if not want_result:
+                        return None
+                    raw = await _Body(response, MAX_RESPONSE_SIZE, str(call)).read()
+        except _TRANSPORT_ERRORS as exc:
+            raise map_transport_error(exc, str(call)) from exc
+        return self._decode(raw, result_type, call)
+
+    def _encode(self, body: Any, call: _Call) -> bytes:
+        t.check_times(body)
+        try:
+            return self._encoder.encode(body)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise PlexdError(f"{call}: cannot encode request body: {exc}") from exc
+
+    def _decode(self, raw: bytes, result_type: Any, call: _Call) -> Any:
+        if result_type is None:
+            if not raw.strip():
+                return None
+            result_type = Any
+        elif not raw.strip():
+            name = getattr(result_type, "__name__", str(result_type))
+            raise ResponseError(f"{call}: empty response body, expected a JSON {name}")
+        try:
+            return self._decoder(result_type).decode(raw)
+        except msgspec.ValidationError as exc:
+            raise ResponseError(f"{call}: unexpected response shape: {exc}") from None
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise ResponseError(f"{call}: response is not valid JSON: {exc}") from None
+
+    async def _raise_for_status(self, response: aiohttp.ClientResponse, call: _Call) -> None:
+        if 200 <= response.status < 300:
+            return
+        body = await _read_error_body(response)
+        raise from_response(
+            response.status, response.headers, body, method=call.method, path=call.path
+        )
+
+    @contextlib.asynccontextmanager
+    async def _stream(
+        self,
+        path: str,
+        headers: dict[str, str],
+        response_class: type[StreamingResponse],
+        read_timeout: float | None,
+    ) -> AsyncIterator[Any]:
+        call = _Call("GET", path)
+        session = self._get_session()
+        try:
+            async with asyncio.timeout(self.config.request_timeout):
+                response = await session.get(
+                    self._url(path), headers=headers, allow_redirects=False
+                )
+            try:
+                await self._raise_for_status(response, call)
+            except BaseException:
+                response.close()
+                raise
+        except _TRANSPORT_ERRORS as exc:
+            raise map_transport_error(exc, str(call)) from exc
+        try:
+            yield response_class(response, str(call), read_timeout)
+        finally:
+            response.close()
+
+    # --- generic calls ----------------------------------------------------
+
+    async def ping(self) -> None:
+        """Check that the control plane answers (``GET /v1/ping``)."""
+        await self._request("GET", "/v1/ping", want_result=False)
+
+    async def get_json(self, path: str, result_type: type[T] | None = None) -> Any:
+        """GET ``path`` (relative to the base URL) and decode the JSON answer."""
+        return await self._request("GET", path, None, result_type, url=self._user_url(path))
+
+    async def post_json(self, path: str, body: Any, result_type: type[T] | None = None) -> Any:
+        """POST ``body`` as JSON to ``path`` and decode the JSON answer."""
+        return await self._request("POST", path, body, result_type, url=self._user_url(path))
+
+    def _user_url(self, path: str) -> URL:
+        return URL(self._base + "/" + path.lstrip("/"))
+
+    # --- the endpoints of WIRE.md -----------------------------------------
+
+    def _node(self, node_id: str, *rest: str) -> str:
+        return "/v1/nodes/" + path_segment(node_id, "node_id") + "".join(rest)
+
+    async def register(self, req: t.RegisterRequest) -> t.RegisterResponse:
+        """Register this node with a bootstrap token."""
+        result: t.RegisterResponse = await self._request(
+            "POST", "/v1/register", req, t.RegisterResponse
+        )
+        return result
+
+    async def heartbeat(self, node_id: str, req: t.HeartbeatRequest) -> t.HeartbeatResponse:
+        """Report liveness; the answer says whether to reconcile or rotate keys."""
+        result: t.HeartbeatResponse = await self._request(
+            "POST", self._node(node_id, "/heartbeat"), req, t.HeartbeatResponse
+        )
+        return result
+
+    async def deregister(self, node_id: str) -> None:
+        """Remove this node from the control plane."""
+        await self._request("POST", self._node(node_id, "/deregister"), want_result=False)
+
+    async def fetch_state(self, node_id: str) -> t.StateResponse:
+        """The node's full desired state."""
+        result: t.StateResponse = await self._request(
+            "GET", self._node(node_id, "/state"), result_type=t.StateResponse
+        )
+        return result
+
+    def connect_sse(
+        self, node_id: str, last_event_id: str = ""
+    ) -> contextlib.AbstractAsyncContextManager[EventStreamResponse]:
+        """Open the node's event stream; the error mapping happens on entry.
+
+        The stream is not cut by ``request_timeout``: the reader bounds it with an idle timeout.
+        """
+        headers = self._headers(_EVENT_STREAM)
+        headers["Cache-Control"] = "no-cache"
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        return self._stream(self._node(node_id, "/events"), headers, EventStreamResponse, None)
+
+    async def rotate_keys(self, req: t.KeyRotateRequest) -> t.KeyRotateResponse:
+        """Announce the node's new public key."""
+        result: t.KeyRotateResponse = await self._request(
+            "POST", "/v1/keys/rotate", req, t.KeyRotateResponse
+        )
+        return result
+
+    async def update_capabilities(self, node_id: str, caps: t.CapabilitiesPayload) -> None:
+        """Publish what the node can do."""
+        await self._request("PUT", self._node(node_id, "/capabilities"), caps, want_result=False)
+
+    async def report_endpoint(self, node_id: str, req: t.EndpointReport) -> t.EndpointResponse:
+        """Report the node's public endpoint; the answer has the peers' endpoints."""
+        result: t.EndpointResponse = await self._request(
+            "PUT", self._node(node_id, "/endpoint"), req, t.EndpointResponse
+        )
+        return result
+
+    async def report_drift(self, node_id: str, req: t.DriftReport) -> None:
+        """Report corrections made to drifted state."""
+        await self._request("POST", self._node(node_id, "/drift"), req, want_result=False)
+
+    async def fetch_secret(self, node_id: str, key: str) -> t.SecretResponse:
+        """Fetch one encrypted secret."""
+        path = self._node(node_id, "/secrets/", path_segment(key, "key"))
+        result: t.SecretResponse = await self._request("GET", path, result_type=t.SecretResponse)
+        return result
+
+    async def sync_reports(self, node_id: str, req: t.ReportSyncRequest) -> None:
+        """Sync the node's reports."""
+        await self._request("POST", self._node(node_id, "/report"), req, want_result=False)
+
+    async def ack_execution(self, node_id: str, execution_id: str, req: t.ExecutionAck) -> None:
+        """Acknowledge an action request."""
+        await self._request(
+            "POST", self._execution(node_id, execution_id, "/ack"), req, want_result=False
+        )
+
+    async def report_result(self, node_id: str, execution_id: str, req: t.ExecutionResult) -> None:
+        """Report the outcome of an execution."""
+        await self._request(
+            "POST", self._execution(node_id, execution_id, "/result"), req, want_result=False
+        )
+
+    def _execution(self, node_id: str, execution_id: str, action: str) -> str:
+        execution = path_segment(execution_id, "execution_id")
+        return self._node(node_id, "/executions/", execution, action)
+
+    async def report_metrics(self, node_id: str, batch: Sequence[t.MetricPoint]) -> None:
+        """Send a batch of metric points."""
+        await self._request("POST", self._node(node_id, "/metrics"), list(batch), want_result=False)
+
+    async def report_logs(self, node_id: str, batch: Sequence[t.LogEntry]) -> None:
+        """Send a batch of log entries."""
+        await self._request("POST", self._node(node_id, "/logs"), list(batch), want_result=False)
+
+    async def report_audit(self, node_id: str, batch: Sequence[t.AuditEntry]) -> None:
+        """Send a batch of audit entries."""
+        await self._request("POST", self._node(node_id, "/audit"), list(batch), want_result=False)
+
+    def fetch_artifact(
+        self, version: str, os: str, arch: str
+    ) -> contextlib.AbstractAsyncContextManager[ArtifactStream]:
+        """Download a plexd binary; each read is bounded by ``request_timeout``."""
+        path = "/v1/artifacts/plexd/" + "/".join(
+            path_segment(value, name)
+            for value, name in ((version, "version"), (os, "os"), (arch, "arch"))
+        )
+        headers = self._headers("application/octet-stream, */*")
+        return self._stream(path, headers, ArtifactStream, self.config.request_timeout)

@@ -1,0 +1,209 @@
+"""The exception hierarchy, and the mapping of an HTTP error response to an exception."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+# API.md: "APIError.message is at most the first 4096 bytes of the body".
+MAX_ERROR_BODY = 4096
+PROBLEM_JSON = "application/problem+json"
+
+
+class PlexdError(Exception):
+    """Root of every exception plexd-api raises."""
+
+
+class ConfigError(PlexdError, ValueError):
+    """A :class:`Config` that cannot work; the message names the field."""
+
+
+class APIError(PlexdError):
+    """The control plane answered with a status outside 2xx.
+
+    ``message`` is the start of the response body (at most 4096 bytes). When the
+    body is an RFC 9457 problem document, ``title``, ``detail`` and ``code`` carry
+    its members (empty when absent).
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        title: str = "",
+        detail: str = "",
+        code: str = "",
+        method: str = "",
+        path: str = "",
+    ) -> None:
+        self.status_code = status_code
+        self.message = message
+        self.retry_after = retry_after
+        self.title = title
+        self.detail = detail
+        self.code = code
+        self.method = method
+        self.path = path
+        super().__init__(status_code, message)
+
+    def __str__(self) -> str:
+        where = f"{self.method} {self.path}: " if self.method else ""
+        text = self.detail or self.title or self.message.strip()
+        return f"{where}HTTP {self.status_code}" + (f": {text}" if text else "")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status_code={self.status_code}, message={self.message!r})"
+
+
+class BadRequestError(APIError):
+    """400 Bad Request."""
+
+
+class UnauthorizedError(APIError):
+    """401 Unauthorized: the token is missing, wrong or revoked."""
+
+
+class ForbiddenError(APIError):
+    """403 Forbidden: the token may not touch this resource."""
+
+
+class NotFoundError(APIError):
+    """404 Not Found."""
+
+
+class ConflictError(APIError):
+    """409 Conflict."""
+
+
+class PayloadTooLargeError(APIError):
+    """413 Payload Too Large."""
+
+
+class RateLimitError(APIError):
+    """429 Too Many Requests; ``retry_after`` is the server's wait in seconds, if it gave one."""
+
+
+class ServerError(APIError):
+    """Any 5xx."""
+
+
+class APIConnectionError(PlexdError):
+    """The request did not get a response: DNS, connect, TLS, reset, or a broken body.
+
+    The transport's own exception is the ``__cause__``.
+    """
+
+
+class APITimeoutError(APIConnectionError):
+    """A connect, request or read timeout expired."""
+
+
+class ResponseError(PlexdError):
+    """A 2xx response the client cannot use: empty, not JSON, the wrong shape, or too large."""
+
+
+class EnvelopeError(PlexdError):
+    """An event's data is not a usable signed envelope."""
+
+
+class VerificationError(PlexdError):
+    """A signed envelope failed verification; the message says which check."""
+
+
+class SSEProtocolError(PlexdError):
+    """The event stream broke the protocol, e.g. the response is not text/event-stream."""
+
+
+class SSEIdleTimeoutError(PlexdError):
+    """No bytes arrived on the event stream for the idle timeout."""
+
+
+_STATUS_CLASSES: dict[int, type[APIError]] = {
+    400: BadRequestError,
+    401: UnauthorizedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    429: RateLimitError,
+}
+_RETRY_AFTER_STATUSES = (429, 503)
+
+
+def error_class(status: int) -> type[APIError]:
+    """The exception class for a non-2xx status."""
+    if status >= 500:
+        return ServerError
+    return _STATUS_CLASSES.get(status, APIError)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delta-seconds or an HTTP-date.
+
+    A date in the past gives 0; an absent or unparsable value gives None.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit() and value.isascii():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+class _Problem(msgspec.Struct):
+    title: Any = ""
+    detail: Any = ""
+    code: Any = ""
+
+
+def _problem_members(body: bytes) -> tuple[str, str, str]:
+    try:
+        problem = msgspec.json.decode(body, type=_Problem)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return "", "", ""
+    return tuple(  # type: ignore[return-value]
+        "" if v is None else v if isinstance(v, str) else str(v)
+        for v in (problem.title, problem.detail, problem.code)
+    )
+
+
+def from_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    method: str = "",
+    path: str = "",
+) -> APIError:
+    """Build the exception for a non-2xx response from its status, headers and body prefix."""
+    body = body[:MAX_ERROR_BODY]
+    retry_after = None
+    if status in _RETRY_AFTER_STATUSES:
+        retry_after = parse_retry_after(headers.get("Retry-After"))
+    title = detail = code = ""
+    content_type = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if content_type == PROBLEM_JSON:
+        title, detail, code = _problem_members(body)
+    return error_class(status)(
+        status,
+        body.decode("utf-8", errors="replace"),
+        retry_after=retry_after,
+        title=title,
+        detail=detail,
+        code=code,
+        method=method,
+        path=path,
+    )

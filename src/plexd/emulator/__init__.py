@@ -1,0 +1,1 @@
+"""plexd.emulator: a local Plexsphere control plane for development and tests."""
