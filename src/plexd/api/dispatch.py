@@ -1,0 +1,65 @@
+"""EventDispatcher: hands each verified event to the handlers registered for its type."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+
+from .types import SignedEnvelope
+
+EventHandler = Callable[[SignedEnvelope], Awaitable[None] | None]
+
+
+class EventDispatcher:
+    """Calls the handlers of an event's type one after another, in registration order.
+
+    A handler may be ``async def`` or a plain function. A handler that raises is
+    logged and the next one still runs; an event type without handlers is dropped
+    (logged at debug level). Registration is thread-safe.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._log = logger or logging.getLogger("plexd.api")
+        # Copy-on-write tuples: dispatch reads without a lock, register swaps whole tuples.
+        self._handlers: dict[str, tuple[EventHandler, ...]] = {}
+        self._lock = threading.Lock()
+
+    def register(self, event_type: str, handler: EventHandler) -> None:
+        """Add ``handler`` for ``event_type`` (an :class:`EventType` or any string)."""
+        key = str(event_type)
+        with self._lock:
+            self._handlers[key] = (*self._handlers.get(key, ()), handler)
+
+    async def dispatch(self, envelope: SignedEnvelope) -> None:
+        """Run every handler of the envelope's type; returns when the last one finished."""
+        handlers = self._handlers.get(envelope.event_type)
+        if not handlers:
+            self._log.debug(
+                "no handler for event type %s; event %s dropped",
+                envelope.event_type,
+                envelope.event_id,
+                extra={"event_type": envelope.event_type, "event_id": envelope.event_id},
+            )
+            return
+        for index, handler in enumerate(handlers):
+            try:
+                result = handler(envelope)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                self._log.error(
+                    "handler %d for %s event %s raised %s: %s",
+                    index,
+                    envelope.event_type,
+                    envelope.event_id,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                    extra={
+                        "event_type": envelope.event_type,
+                        "event_id": envelope.event_id,
+                        "handler_index": index,
+                    },
+                )
