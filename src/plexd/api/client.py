@@ -43,6 +43,8 @@ _READ_SIZE = 64 * 1024
 
 _JSON = "application/json"
 _EVENT_STREAM = "text/event-stream"
+_GZIP_CODINGS = frozenset({"gzip", "x-gzip"})
+_IDENTITY_CODINGS = frozenset({"identity", ""})
 
 _NO_BODY: Final = object()
 
@@ -71,62 +73,87 @@ def build_ssl_context(insecure_skip_verify: bool = False) -> ssl.SSLContext:
 
 def map_transport_error(exc: BaseException, what: str) -> PlexdError:
     """The PlexdError for a transport exception (the caller raises it ``from exc``)."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return APITimeoutError(f"{what}: timed out connecting (connect_timeout)")
     if isinstance(exc, TimeoutError):
         return APITimeoutError(f"{what}: timed out")
     detail = str(exc) or type(exc).__name__
     return APIConnectionError(f"{what}: {detail}")
 
 
-_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, zlib.error, EOFError)
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, EOFError)
 
 
-class _Body:
-    """Reads a response body, decompressing gzip, never past ``limit`` decoded bytes."""
+def _content_encoding(response: aiohttp.ClientResponse) -> str:
+    return response.headers.get("Content-Encoding", "").strip().lower()
 
-    def __init__(self, response: aiohttp.ClientResponse, limit: int, what: str) -> None:
-        self._response = response
+
+class _GzipDecoder:
+    """Decodes a gzip body (every member, as Go's gzip reader does), never holding
+    more than ``limit`` decoded bytes: a gzip bomb stops at the cap."""
+
+    def __init__(self, limit: int, what: str) -> None:
         self._limit = limit
         self._what = what
-        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("gzip", "x-gzip", "identity", ""):
-            raise ResponseError(f"{what}: unsupported Content-Encoding {encoding!r}")
-        self._gzip = encoding in ("gzip", "x-gzip")
+        self._inflater = zlib.decompressobj(wbits=31)
+        self._out = bytearray()
 
-    async def read(self) -> bytes:
-        response = self._response
-        length = response.content_length
-        if not self._gzip and length is not None and length <= self._limit:
-            return await response.read()
-        out = bytearray()
-        inflater = zlib.decompressobj(wbits=31) if self._gzip else None
-        while chunk := await response.content.read(_READ_SIZE):
-            if inflater is None:
-                out += chunk
-                self._check(len(out))
-                continue
-            out += self._inflate(inflater, chunk, len(out))
-            while inflater.unconsumed_tail:
-                out += self._inflate(inflater, inflater.unconsumed_tail, len(out))
-        if inflater is not None:
-            out += inflater.flush()
-            if not inflater.eof:
-                raise ResponseError(f"{self._what}: truncated gzip body")
-        self._check(len(out))
-        return bytes(out)
+    def feed(self, data: bytes) -> None:
+        while data:
+            self._inflate(data)
+            data = self._inflater.unconsumed_tail
+            if self._inflater.eof and self._inflater.unused_data:
+                # The next gzip member starts right after this one.
+                data = self._inflater.unused_data
+                self._inflater = zlib.decompressobj(wbits=31)
 
-    def _inflate(self, inflater: Any, data: bytes, have: int) -> bytes:
-        try:
-            piece: bytes = inflater.decompress(data, _INFLATE_STEP)
-        except zlib.error as exc:
-            raise ResponseError(f"{self._what}: bad gzip body: {exc}") from None
-        self._check(have + len(piece))
-        return piece
-
-    def _check(self, size: int) -> None:
-        if size > self._limit:
+    def result(self) -> bytes:
+        if not self._inflater.eof:
             raise ResponseError(
-                f"{self._what}: response body larger than {self._limit} bytes; not read further"
+                f"{self._what}: the gzip response body is truncated (the connection ended early)"
             )
+        return bytes(self._out)
+
+    def _inflate(self, data: bytes) -> None:
+        try:
+            piece = self._inflater.decompress(data, _INFLATE_STEP)
+        except zlib.error as exc:
+            raise ResponseError(
+                f"{self._what}: the response says Content-Encoding: gzip but its body "
+                f"is not valid gzip ({exc})"
+            ) from None
+        _check_size(len(self._out) + len(piece), self._limit, self._what)
+        self._out += piece
+
+
+def _check_size(size: int, limit: int, what: str) -> None:
+    if size > limit:
+        raise ResponseError(f"{what}: response body larger than {limit} bytes; not read further")
+
+
+async def read_capped_body(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """A response body, gzip-decoded if need be, never read or inflated past ``limit`` bytes."""
+    encoding = _content_encoding(response)
+    if encoding in _IDENTITY_CODINGS:
+        length = response.content_length
+        if length is not None:
+            _check_size(length, limit, what)
+            return await response.read()
+        decoder = None
+    elif encoding in _GZIP_CODINGS:
+        decoder = _GzipDecoder(limit, what)
+    else:
+        raise ResponseError(
+            f"{what}: unsupported Content-Encoding {encoding!r} (only gzip was accepted)"
+        )
+    out = bytearray()
+    while chunk := await response.content.read(_READ_SIZE):
+        if decoder is not None:
+            decoder.feed(chunk)
+        else:
+            out += chunk
+            _check_size(len(out), limit, what)
+    return decoder.result() if decoder is not None else bytes(out)
 
 
 async def _read_error_body(response: aiohttp.ClientResponse) -> bytes:
@@ -138,7 +165,7 @@ async def _read_error_body(response: aiohttp.ClientResponse) -> bytes:
             if not chunk:
                 break
             raw += chunk
-    if response.headers.get("Content-Encoding", "").strip().lower() in ("gzip", "x-gzip"):
+    if _content_encoding(response) in _GZIP_CODINGS:
         try:
             return zlib.decompressobj(wbits=31).decompress(bytes(raw), MAX_ERROR_BODY)
         except zlib.error:
@@ -198,24 +225,45 @@ class ArtifactStream(StreamingResponse):
         self.content_length: int | None = response.content_length
 
 
+@dataclasses.dataclass(frozen=True)
+class _JSONHeaders:
+    """The header sets of JSON calls for one token, built once per token, not per call."""
+
+    no_body: Mapping[str, str]
+    body: Mapping[str, str]
+    gzip_body: Mapping[str, str]
+
+
 class ControlPlane:
     """An asyncio client of the Plexsphere control plane.
 
     One aiohttp session per client; use it as ``async with ControlPlane(...) as cp``
     or call :meth:`aclose` to release every connection.
+
+    ``ssl_context``, when given, is used for every TLS connection instead of the one
+    built from ``config`` (system CAs, TLS 1.2 minimum), e.g. to trust a private CA;
+    ``tls_insecure_skip_verify`` is then ignored except for its warning.
     """
 
-    def __init__(self, config: Config, version: str, logger: logging.Logger | None = None):
+    def __init__(
+        self,
+        config: Config,
+        version: str,
+        logger: logging.Logger | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         config = dataclasses.replace(config)
         config.apply_defaults()
         config.validate()
         self.config = config
         self._log = logger or logging.getLogger("plexd.api")
-        self._base = config.base_url.rstrip("/")
+        self._base = str(URL(config.base_url.rstrip("/")))
         self._user_agent = f"plexd/{version}"
-        self._token = ""
         self._token_lock = threading.Lock()
-        self._ssl = build_ssl_context(config.tls_insecure_skip_verify)
+        self._token = ""
+        self._json_headers = self._build_json_headers(self._token)
+        self._ssl = ssl_context or build_ssl_context(config.tls_insecure_skip_verify)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self._encoder = msgspec.json.Encoder()
@@ -252,8 +300,10 @@ class ControlPlane:
 
     def set_auth_token(self, token: str) -> None:
         """Set the bearer token of later requests (thread-safe; "" sends none)."""
+        headers = self._build_json_headers(token)
         with self._token_lock:
             self._token = token
+            self._json_headers = headers
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -264,15 +314,23 @@ class ControlPlane:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout),
                 auto_decompress=False,
                 trust_env=False,
+                # aiohttp would label a body-less POST application/octet-stream.
+                skip_auto_headers=("Content-Type",),
             )
         return self._session
 
-    def _headers(self, accept: str) -> dict[str, str]:
+    def _headers(self, accept: str, token: str | None = None) -> dict[str, str]:
         headers = {"User-Agent": self._user_agent, "Accept": accept}
-        token = self._token
+        token = self._token if token is None else token
         if token:
             headers["Authorization"] = f"Bearer {token}"
         return headers
+
+    def _build_json_headers(self, token: str) -> _JSONHeaders:
+        no_body = self._headers(_JSON, token)
+        no_body["Accept-Encoding"] = "gzip"
+        body = {**no_body, "Content-Type": _JSON}
+        return _JSONHeaders(no_body, body, {**body, "Content-Encoding": "gzip"})
 
     def _url(self, path: str) -> URL:
         return URL(self._base + path, encoded=True)
@@ -297,15 +355,16 @@ class ControlPlane:
     ) -> Any:
         """Send one JSON call and decode its answer; every endpoint goes through here."""
         call = _Call(method, path)
-        headers = self._headers(_JSON)
-        headers["Accept-Encoding"] = "gzip"
+        json_headers = self._json_headers
         data = None
-        if body is not _NO_BODY:
+        if body is _NO_BODY:
+            headers = json_headers.no_body
+        else:
             data = self._encode(body, call)
-            headers["Content-Type"] = _JSON
+            headers = json_headers.body
             if len(data) > GZIP_THRESHOLD:
                 data = gzip.compress(data, compresslevel=6)
-                headers["Content-Encoding"] = "gzip"
+                headers = json_headers.gzip_body
         session = self._get_session()
         try:
             async with asyncio.timeout(self.config.request_timeout):
@@ -319,32 +378,32 @@ class ControlPlane:
                     await self._raise_for_status(response, call)
                     if not want_result:
                         return None
-                    raw = await _Body(response, MAX_RESPONSE_SIZE, str(call)).read()
+                    raw = await read_capped_body(response, MAX_RESPONSE_SIZE, str(call))
+                    content_type = response.headers.get("Content-Type", "")
         except _TRANSPORT_ERRORS as exc:
             raise map_transport_error(exc, str(call)) from exc
-        return self._decode(raw, result_type, call)
+        return self._decode(raw, result_type, call, content_type)
 
     def _encode(self, body: Any, call: _Call) -> bytes:
         t.check_times(body)
         try:
             return self._encoder.encode(body)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
             raise PlexdError(f"{call}: cannot encode request body: {exc}") from exc
 
-    def _decode(self, raw: bytes, result_type: Any, call: _Call) -> Any:
-        if result_type is None:
-            if not raw.strip():
+    def _decode(self, raw: bytes, result_type: Any, call: _Call, content_type: str) -> Any:
+        name = getattr(result_type, "__name__", "value")
+        if not raw.strip():
+            if result_type is None:
                 return None
-            result_type = Any
-        elif not raw.strip():
-            name = getattr(result_type, "__name__", str(result_type))
             raise ResponseError(f"{call}: empty response body, expected a JSON {name}")
         try:
-            return self._decoder(result_type).decode(raw)
+            return self._decoder(Any if result_type is None else result_type).decode(raw)
         except msgspec.ValidationError as exc:
-            raise ResponseError(f"{call}: unexpected response shape: {exc}") from None
+            raise ResponseError(f"{call}: response is not a valid {name}: {exc}") from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise ResponseError(f"{call}: response is not valid JSON: {exc}") from None
+            shown = f" (Content-Type: {content_type})" if content_type else ""
+            raise ResponseError(f"{call}: response is not valid JSON{shown}: {exc}") from None
 
     async def _raise_for_status(self, response: aiohttp.ClientResponse, call: _Call) -> None:
         if 200 <= response.status < 300:
@@ -363,17 +422,19 @@ class ControlPlane:
         read_timeout: float | None,
     ) -> AsyncIterator[Any]:
         call = _Call("GET", path)
+        # The chunks go to the caller as they arrive: ask for them unencoded.
+        headers["Accept-Encoding"] = "identity"
         session = self._get_session()
         try:
             async with asyncio.timeout(self.config.request_timeout):
                 response = await session.get(
                     self._url(path), headers=headers, allow_redirects=False
                 )
-            try:
-                await self._raise_for_status(response, call)
-            except BaseException:
-                response.close()
-                raise
+                try:
+                    await self._raise_for_status(response, call)
+                except BaseException:
+                    response.close()
+                    raise
         except _TRANSPORT_ERRORS as exc:
             raise map_transport_error(exc, str(call)) from exc
         try:
@@ -388,12 +449,19 @@ class ControlPlane:
         await self._request("GET", "/v1/ping", want_result=False)
 
     async def get_json(self, path: str, result_type: type[T] | None = None) -> Any:
-        """GET ``path`` (relative to the base URL) and decode the JSON answer."""
-        return await self._request("GET", path, None, result_type, url=self._user_url(path))
+        """GET ``path`` (relative to the base URL) and decode the JSON answer.
+
+        With ``result_type`` None the decoded JSON value is returned (None for an empty body).
+        """
+        return await self._request("GET", path, result_type=result_type, url=self._user_url(path))
 
     async def post_json(self, path: str, body: Any, result_type: type[T] | None = None) -> Any:
-        """POST ``body`` as JSON to ``path`` and decode the JSON answer."""
-        return await self._request("POST", path, body, result_type, url=self._user_url(path))
+        """POST ``body`` as JSON to ``path`` and decode the JSON answer.
+
+        A ``body`` of None sends no body at all (as Go's client does for a nil body).
+        """
+        payload = _NO_BODY if body is None else body
+        return await self._request("POST", path, payload, result_type, url=self._user_url(path))
 
     def _user_url(self, path: str) -> URL:
         return URL(self._base + "/" + path.lstrip("/"))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeAlias, TypeVar, 
 
 import msgspec
 
-from .errors import EnvelopeError, PlexdError
+from .errors import EnvelopeError, PlexdError, ResponseError
 
 T = TypeVar("T")
 
@@ -114,8 +114,8 @@ class WireStruct(msgspec.Struct, kw_only=True, omit_defaults=True):
                 setattr(self, name, {})
         for name in layout.raws:
             value = getattr(self, name)
-            if value is None or not bytes(value):
-                setattr(self, name, NULL)
+            if not (isinstance(value, msgspec.Raw) and value):
+                setattr(self, name, _as_raw(type(self), name, value))
         for name in layout.times:
             _require_aware(type(self), name, getattr(self, name))
 
@@ -137,6 +137,20 @@ class WireStruct(msgspec.Struct, kw_only=True, omit_defaults=True):
         for name in self.__struct_fields__:
             shown = self._shown(name)
             yield f"{name}={_MASK if shown is _MASK else repr(shown)}"
+
+
+def _as_raw(cls: type, name: str, value: Any) -> msgspec.Raw:
+    if value is None or (isinstance(value, msgspec.Raw | bytes | bytearray) and not value):
+        return NULL
+    if isinstance(value, bytes | bytearray):
+        # JSON text given as bytes: sent as is, not base64-encoded.
+        return msgspec.Raw(bytes(value))
+    if isinstance(value, msgspec.Raw):
+        return value
+    raise TypeError(
+        f"{cls.__name__}.{name} is raw JSON: pass msgspec.Raw or bytes of JSON text, "
+        f"or raw_json(value) for a Python value (got {type(value).__name__})"
+    )
 
 
 class RawRepr(bytes):
@@ -192,19 +206,30 @@ def _layout(cls: type[WireStruct]) -> _Layout:
 
 
 def check_times(value: Any) -> None:
-    """Raise :class:`NaiveDatetimeError` if a naive datetime was assigned after construction."""
+    """Raise :class:`NaiveDatetimeError` for a naive datetime anywhere in a request body:
+    one assigned to a wire type after construction, or one inside a plain dict or list."""
     if isinstance(value, WireStruct):
-        layout = _layout(type(value))
-        for name in layout.times:
-            _require_aware(type(value), name, getattr(value, name))
+        cls = type(value)
         for name in value.__struct_fields__:
             child = getattr(value, name)
-            if isinstance(child, WireStruct | list):
+            if isinstance(child, datetime):
+                _require_aware(cls, name, child)
+            elif isinstance(child, _CONTAINERS):
                 check_times(child)
     elif isinstance(value, list | tuple):
         for item in value:
-            if isinstance(item, WireStruct):
-                check_times(item)
+            check_times(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            check_times(item)
+    elif isinstance(value, datetime) and value.tzinfo is None:
+        raise NaiveDatetimeError(
+            "a request body holds a naive datetime; pass a timezone-aware one "
+            "(e.g. datetime.now(timezone.utc)) so it is not sent as local time"
+        )
+
+
+_CONTAINERS = (WireStruct, list, tuple, dict)
 
 
 def raw_json(value: Any) -> msgspec.Raw:
@@ -213,8 +238,16 @@ def raw_json(value: Any) -> msgspec.Raw:
 
 
 def decode_raw(raw: msgspec.Raw | bytes, type: type[T] = Any) -> T:  # type: ignore[assignment]
-    """Decode a raw JSON field, optionally into ``type``; raises msgspec's errors for bad JSON."""
-    return msgspec.json.decode(bytes(raw), type=type)
+    """Decode a raw JSON field, optionally into ``type``.
+
+    Raises :class:`ResponseError` when the bytes are not JSON or not of that shape.
+    """
+    try:
+        return msgspec.json.decode(bytes(raw), type=type)
+    except msgspec.ValidationError as exc:
+        raise ResponseError(f"raw JSON field does not fit the expected type: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise ResponseError(f"raw JSON field is not valid JSON: {exc}") from None
 
 
 # --- registration ---------------------------------------------------------
