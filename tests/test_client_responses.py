@@ -77,9 +77,13 @@ async def test_multi_member_gzip_response_is_read_whole() -> None:
     assert answer == HeartbeatResponse(reconcile=True)
 
 
-async def test_chunked_gzip_response_is_decompressed() -> None:
+@pytest.mark.parametrize("members", [1, 3])
+async def test_chunked_gzip_response_is_decompressed(members: int) -> None:
     document = b'{"a":"' + b"x" * 300_000 + b'"}'
-    compressed = gzip.compress(document)
+    cut = len(document) // members
+    parts = [document[i * cut : (i + 1) * cut] for i in range(members - 1)]
+    parts.append(document[(members - 1) * cut :])
+    compressed = b"".join(gzip.compress(part) for part in parts)
 
     async def chunked(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(

@@ -169,7 +169,7 @@ def _require_aware(cls: type, name: str, value: Any) -> None:
 
 
 class _Layout:
-    __slots__ = ("lists", "maps", "raws", "times")
+    __slots__ = ("lists", "maps", "nested", "raws", "times")
 
     def __init__(self, cls: type[WireStruct]) -> None:
         info = cast(Any, msgspec.inspect.type_info(cls))
@@ -177,7 +177,11 @@ class _Layout:
         self.maps: list[str] = []
         self.raws: list[str] = []
         self.times: list[str] = []
+        # Fields that hold wire structs (directly or in a list): where check_times looks.
+        self.nested: list[str] = []
         for field in info.fields:
+            if _holds_struct(field.type):
+                self.nested.append(field.name)
             kinds = _kinds(field.type)
             if msgspec.inspect.ListType in kinds:
                 self.lists.append(field.name)
@@ -187,6 +191,15 @@ class _Layout:
                 self.raws.append(field.name)
             if msgspec.inspect.DateTimeType in kinds:
                 self.times.append(field.name)
+
+
+def _holds_struct(t: Any) -> bool:
+    members = t.types if isinstance(t, msgspec.inspect.UnionType) else (t,)
+    return any(
+        isinstance(member, msgspec.inspect.StructType)
+        or (isinstance(member, msgspec.inspect.ListType) and _holds_struct(member.item_type))
+        for member in members
+    )
 
 
 def _kinds(t: Any) -> set[type]:
@@ -210,12 +223,11 @@ def check_times(value: Any) -> None:
     one assigned to a wire type after construction, or one inside a plain dict or list."""
     if isinstance(value, WireStruct):
         cls = type(value)
-        for name in value.__struct_fields__:
-            child = getattr(value, name)
-            if isinstance(child, datetime):
-                _require_aware(cls, name, child)
-            elif isinstance(child, _CONTAINERS):
-                check_times(child)
+        layout = _layout(cls)
+        for name in layout.times:
+            _require_aware(cls, name, getattr(value, name))
+        for name in layout.nested:
+            check_times(getattr(value, name))
     elif isinstance(value, list | tuple):
         for item in value:
             check_times(item)
@@ -227,9 +239,6 @@ def check_times(value: Any) -> None:
             "a request body holds a naive datetime; pass a timezone-aware one "
             "(e.g. datetime.now(timezone.utc)) so it is not sent as local time"
         )
-
-
-_CONTAINERS = (WireStruct, list, tuple, dict)
 
 
 def raw_json(value: Any) -> msgspec.Raw:
