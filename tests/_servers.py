@@ -14,10 +14,13 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import cache
+from typing import Any
 
 import trustme
 from aiohttp import web
 from multidict import CIMultiDictProxy
+
+from plexd.api import Config, ControlPlane
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -51,6 +54,12 @@ class Server:
     def last(self) -> Received:
         """The most recent request."""
         return self.received[-1]
+
+
+def client_for(target: Server | str, **config: Any) -> ControlPlane:
+    """A ControlPlane (version 1.2.3) for a test server or a base URL; ``config`` as in Config."""
+    url = target.url if isinstance(target, Server) else target
+    return ControlPlane(Config(base_url=url, **config), "1.2.3")
 
 
 async def empty_ok(request: web.Request) -> web.StreamResponse:

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from _servers import Server, serve
+from _servers import client_for, serve
 from plexd.api import (
     ActionInfo,
     ActionParam,
@@ -426,10 +426,6 @@ def answer_case(case: Case) -> Callable[[web.Request], Awaitable[web.StreamRespo
         return web.Response(body=case.answer, content_type="application/json")
 
     return answer
-
-
-def client_for(server: Server, **config: Any) -> ControlPlane:
-    return ControlPlane(Config(base_url=server.url, **config), "1.2.3")
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())

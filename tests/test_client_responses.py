@@ -9,19 +9,18 @@ import struct
 import time
 import tracemalloc
 import zlib
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from _servers import Server, serve
+from _servers import client_for, serve
 from plexd.api import (
     APIError,
     BadRequestError,
-    Config,
     ConflictError,
-    ControlPlane,
     ForbiddenError,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -36,10 +35,6 @@ from plexd.api import (
 from plexd.api.client import MAX_RESPONSE_SIZE
 
 MIB = 1024 * 1024
-
-
-def client_for(server: Server, **config: Any) -> ControlPlane:
-    return ControlPlane(Config(base_url=server.url, **config), "1.2.3")
 
 
 def answering(body: bytes, *, status: int = 200, headers: dict[str, str] | None = None) -> Any:
@@ -253,8 +248,6 @@ async def test_a_time_without_offset_in_a_response_is_reported() -> None:
 
 
 async def test_naive_datetime_in_a_request_is_refused_before_sending() -> None:
-    from datetime import datetime
-
     request = HeartbeatRequest()
     request.timestamp = datetime(2024, 1, 1)
     async with serve() as server, client_for(server) as cp:

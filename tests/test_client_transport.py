@@ -12,7 +12,6 @@ import struct
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
@@ -20,6 +19,7 @@ from aiohttp import web
 
 from _servers import (
     Server,
+    client_for,
     client_tls_trusting_test_ca,
     full_backlog_listener,
     raw_response_server,
@@ -42,11 +42,6 @@ from plexd.api import (
 from plexd.api.client import build_ssl_context
 
 JSON_CALL_HEADERS = {"Host", "User-Agent", "Accept", "Accept-Encoding"}
-
-
-def client_for(server: Server | str, **config: Any) -> ControlPlane:
-    url = server.url if isinstance(server, Server) else server
-    return ControlPlane(Config(base_url=url, **config), "1.2.3")
 
 
 # --- headers ---------------------------------------------------------------------
@@ -198,7 +193,22 @@ async def test_insecure_skip_verify_works_and_warns_once(caplog: pytest.LogCaptu
 def test_verifying_client_is_warning_free(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     ControlPlane(Config(base_url="https://cp.example"), "1.2.3")
+    # A given verifying context wins over tls_insecure_skip_verify.
+    ControlPlane(
+        Config(base_url="https://cp.example", tls_insecure_skip_verify=True),
+        "1.2.3",
+        ssl_context=client_tls_trusting_test_ca(),
+    )
     assert caplog.records == []
+
+
+def test_a_given_context_that_does_not_verify_warns(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    ControlPlane(Config(base_url="https://cp.example"), "1.2.3", ssl_context=context)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
 
 
 def test_tls_context_verifies_and_requires_tls_1_2() -> None:

@@ -242,7 +242,8 @@ class ControlPlane:
 
     ``ssl_context``, when given, is used for every TLS connection instead of the one
     built from ``config`` (system CAs, TLS 1.2 minimum), e.g. to trust a private CA;
-    ``tls_insecure_skip_verify`` is then ignored except for its warning.
+    ``tls_insecure_skip_verify`` is then ignored. A client that does not verify the
+    server's certificate logs one warning when it is constructed.
     """
 
     def __init__(
@@ -265,13 +266,18 @@ class ControlPlane:
         self._json_headers = self._build_json_headers(self._token)
         self._ssl = ssl_context or build_ssl_context(config.tls_insecure_skip_verify)
         self._session: aiohttp.ClientSession | None = None
+        # aiohttp's total timeout bounds a JSON call, body read included; a stream has
+        # none (its reader bounds it) and request_timeout bounds only its head.
+        self._call_timeout = aiohttp.ClientTimeout(
+            total=config.request_timeout, sock_connect=config.connect_timeout
+        )
         self._stream_timeout = aiohttp.ClientTimeout(sock_connect=config.connect_timeout)
         self._closed = False
         self._encoder = msgspec.json.Encoder()
         self._decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
-        if config.tls_insecure_skip_verify:
+        if self._ssl.verify_mode == ssl.CERT_NONE:
             self._log.warning(
-                "TLS certificate verification is disabled (tls_insecure_skip_verify); "
+                "TLS certificate verification is disabled; "
                 "the control plane's identity is not checked",
                 extra={"base_url": self._base},
             )
@@ -310,13 +316,9 @@ class ControlPlane:
         if self._closed:
             raise PlexdError("ControlPlane is closed")
         if self._session is None:
-            # aiohttp's total timeout bounds a JSON call, body read included; streams
-            # replace it with _stream_timeout.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl),
-                timeout=aiohttp.ClientTimeout(
-                    total=self.config.request_timeout, sock_connect=self.config.connect_timeout
-                ),
+                timeout=self._call_timeout,
                 auto_decompress=False,
                 trust_env=False,
             )
@@ -434,7 +436,6 @@ class ControlPlane:
         headers["Accept-Encoding"] = "identity"
         session = self._get_session()
         try:
-            # request_timeout bounds the wait for the head (and an error body) only.
             async with asyncio.timeout(self.config.request_timeout):
                 response = await session.get(
                     self._url(path),
