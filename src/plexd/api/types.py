@@ -597,15 +597,25 @@ class EventType(StrEnum):
 
 _NANOS_PER_SECOND = 1_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_ORDINAL = _EPOCH.toordinal()
+# Go cannot write an offset of 24 hours or more, and Python cannot hold one.
+_MAX_OFFSET_MINUTES = 24 * 60
 
-# RFC 3339 as Go's time.Parse(time.RFC3339, ...) accepts it.
+# RFC 3339 as Go's Time.UnmarshalJSON accepts it. Go tries a strict parser first and then
+# time.Parse(time.RFC3339, ...), which also takes a one-digit hour, a comma before the
+# fraction, more than 9 fraction digits (truncated), and offsets up to 24:60.
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:(Z)|([+-])(\d{2}):(\d{2}))"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{1,2}):([0-9]{2}):([0-9]{2})(?:[.,]([0-9]+))?"
+    r"(?:(Z)|([+-])([0-9]{2}):([0-9]{2}))",
+    re.ASCII,
 )
-# Text that Go's RFC3339Nano would write unchanged: no trailing zero in the
-# fraction, and Z rather than a zero offset.
+# Text that Go's RFC3339Nano writes (fields in range, no trailing zero in the fraction,
+# Z rather than a zero offset); group 1 is the fraction.
 _RFC3339NANO_CANONICAL = re.compile(
-    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{0,8}[1-9])?(?:Z|[+-](?!00:00)\d{2}:\d{2})"
+    r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.([0-9]{0,8}[1-9]))?"
+    r"(?:Z|[+-](?!00:00)(?:[01][0-9]|2[0-3]):[0-5][0-9])",
+    re.ASCII,
 )
 _ZONES: dict[int, timezone] = {0: UTC}
 
@@ -621,19 +631,23 @@ def parse_rfc3339(text: str) -> tuple[datetime, int]:
     """Parse an RFC 3339 time as Go does: the datetime and its full nanoseconds (0..999999999).
 
     The datetime keeps the received offset; its microseconds are the nanoseconds truncated.
-    Raises ValueError for anything Go would reject.
+    Raises ValueError for anything Go would reject, and for the few times Go reads but
+    Python cannot hold (year 0, an offset of 24 hours or more).
     """
     match = _RFC3339.fullmatch(text)
     if match is None:
         raise ValueError(f"not an RFC 3339 time: {text!r}")
     year, month, day, hour, minute, second, fraction, z, sign, off_h, off_m = match.groups()
-    nanos = int(fraction.ljust(9, "0")) if fraction else 0
+    nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
     if z:
         zone: timezone = UTC
     else:
-        if int(off_h) > 23 or int(off_m) > 59:
+        # Go's time.Parse accepts offset fields up to 24 and 60 ("some people do write them").
+        if int(off_h) > 24 or int(off_m) > 60:
             raise ValueError(f"time zone offset out of range in {text!r}")
         minutes = int(off_h) * 60 + int(off_m)
+        if minutes >= _MAX_OFFSET_MINUTES:
+            raise ValueError(f"time zone offset of 24 hours or more in {text!r}")
         zone = _zone(-minutes if sign == "-" else minutes)
     when = datetime(
         int(year), int(month), int(day), int(hour), int(minute), int(second),
@@ -659,12 +673,20 @@ def format_rfc3339nano(when: datetime, nanos: int | None = None) -> str:
     if nanos:
         text += "." + f"{nanos:09d}".rstrip("0")
     offset = when.utcoffset()
-    minutes = 0 if offset is None else int(offset.total_seconds()) // 60
-    if minutes == 0:
+    seconds = 0 if offset is None else int(offset.total_seconds())
+    if seconds == 0:
         return text + "Z"
-    sign = "-" if minutes < 0 else "+"
-    hours, mins = divmod(abs(minutes), 60)
+    # Go divides the offset in seconds by 60 truncating toward zero, then writes the sign.
+    minutes = abs(seconds) // 60
+    sign = "-" if seconds < 0 and minutes else "+"
+    hours, mins = divmod(minutes, 60)
     return f"{text}{sign}{hours:02d}:{mins:02d}"
+
+
+def _epoch_ns(when: datetime, nanos: int) -> int:
+    """Nanoseconds since the Unix epoch of an aware datetime whose sub-second part is ``nanos``."""
+    delta = when - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * _NANOS_PER_SECOND + nanos
 
 
 class SignedEnvelope:
@@ -673,7 +695,7 @@ class SignedEnvelope:
     Besides the wire fields it keeps what the signature needs of the wire text:
     ``issued_at_nanos`` (Python's datetime holds microseconds only) and
     ``issued_at_text``, the time as Go's RFC3339Nano writes it with the received
-    offset; ``payload`` holds the exact payload bytes.
+    offset; ``payload`` holds the exact payload bytes (``null`` when missing).
     """
 
     __slots__ = (
@@ -687,6 +709,16 @@ class SignedEnvelope:
         "payload",
         "signature",
     )
+
+    event_type: str
+    event_id: str
+    issued_at: datetime
+    issued_at_nanos: int
+    issued_at_text: str
+    nonce: str
+    payload: msgspec.Raw
+    signature: str
+    _issued_at_ns: int
 
     def __init__(
         self,
@@ -704,34 +736,43 @@ class SignedEnvelope:
             raise NaiveDatetimeError("issued_at is a naive datetime; pass a timezone-aware one")
         if issued_at_nanos is None:
             issued_at_nanos = issued_at.microsecond * 1000
+        elif not 0 <= issued_at_nanos < _NANOS_PER_SECOND:
+            raise ValueError("issued_at_nanos must be within 0..999999999")
         elif issued_at_nanos // 1000 != issued_at.microsecond:
             raise ValueError("issued_at_nanos does not agree with issued_at's microseconds")
-        if payload is None or not bytes(payload):
-            payload = NULL
-        elif not isinstance(payload, msgspec.Raw):
-            payload = msgspec.Raw(payload)
+        text = format_rfc3339nano(issued_at, issued_at_nanos)
+        if issued_at_text is not None and issued_at_text != text:
+            # The signed message holds this text: a second, different one would be signed wrong.
+            raise ValueError(
+                f"issued_at_text {issued_at_text!r} is not Go's RFC3339Nano form of issued_at "
+                f"({text!r})"
+            )
         self.event_type = event_type
         self.event_id = event_id
         self.issued_at = issued_at
         self.issued_at_nanos = issued_at_nanos
-        self.issued_at_text = issued_at_text or format_rfc3339nano(issued_at, issued_at_nanos)
+        self.issued_at_text = text
         self.nonce = nonce
-        self.payload = payload
+        self.payload = _as_payload(payload)
         self.signature = signature
-        self._issued_at_ns: int | None = None
+        self._issued_at_ns = _epoch_ns(issued_at, issued_at_nanos)
 
     @property
     def issued_at_ns(self) -> int:
         """``issued_at`` as nanoseconds since the Unix epoch, at full wire precision."""
-        if self._issued_at_ns is None:
-            whole = self.issued_at.replace(microsecond=0) - _EPOCH
-            seconds = whole.days * 86400 + whole.seconds
-            self._issued_at_ns = seconds * _NANOS_PER_SECOND + self.issued_at_nanos
         return self._issued_at_ns
 
     def decode_payload(self, type: type[T] = Any) -> T:  # type: ignore[assignment]
-        """The payload decoded from JSON, optionally into ``type``."""
-        return msgspec.json.decode(bytes(self.payload), type=type)
+        """The payload decoded from JSON, optionally into ``type``.
+
+        Raises :class:`EnvelopeError` when it is not JSON or not of that shape.
+        """
+        try:
+            return msgspec.json.decode(bytes(self.payload), type=type)
+        except msgspec.ValidationError as exc:
+            raise EnvelopeError(f"payload does not fit the expected type: {exc}") from exc
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise EnvelopeError(f"payload is not valid JSON: {exc}") from exc
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SignedEnvelope):
@@ -744,7 +785,7 @@ class SignedEnvelope:
         return (
             f"SignedEnvelope(event_type={self.event_type!r}, event_id={self.event_id!r}, "
             f"issued_at={self.issued_at_text!r}, nonce={self.nonce!r}, "
-            f"payload=<{len(bytes(self.payload))} bytes>)"
+            f"payload=<{len(self.payload)} bytes>)"
         )
 
 
@@ -753,50 +794,312 @@ _ENVELOPE_FIELDS = (
 )  # fmt: skip
 
 
-class _EnvelopeWire(msgspec.Struct):
+def _as_payload(payload: msgspec.Raw | bytes | bytearray | memoryview | None) -> msgspec.Raw:
+    if payload is None or not len(payload):
+        # Go writes a nil RawMessage as null.
+        return NULL
+    if isinstance(payload, msgspec.Raw):
+        return payload
+    return msgspec.Raw(bytes(payload))
+
+
+# --- envelope decoding, as Go's encoding/json does it ------------------------
+#
+# The common case goes through msgspec. What msgspec rejects but Go accepts (invalid
+# UTF-8 or a lone surrogate escape in a string, a null field, a key in another case,
+# nesting deeper than msgspec's limit) goes through _scan_json, a transcription of the
+# rules of Go's scanner, so the envelope reads exactly as a Go control plane reads it.
+
+_ABSENT = msgspec.Raw(b"")
+
+
+class _EnvelopeWire(msgspec.Struct, forbid_unknown_fields=True):
+    # Strings without `| None` and unknown fields forbidden: a null or a key Go would fold
+    # to a field name takes the exact path below rather than being read differently.
     event_type: str = ""
     event_id: str = ""
-    issued_at: str | None = None
-    nonce: str | None = None
+    issued_at: msgspec.Raw = _ABSENT
+    nonce: str = ""
     payload: msgspec.Raw = NULL
-    signature: str | None = None
+    signature: str = ""
 
 
 _envelope_decoder = msgspec.json.Decoder(_EnvelopeWire)
 
+_GO_MAX_DEPTH = 10000  # encoding/json's scanner: "exceeded max depth"
+_JSON_TOKEN = re.compile(
+    rb"[ \t\n\r]*+(?:"
+    rb'(?P<s>"(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+")'
+    rb"|(?P<n>-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][+-]?+[0-9]++)?+)"
+    rb"|(?P<l>true|false|null)"
+    rb"|(?P<p>[{}\[\],:]))"
+)
+_JSON_SPACE = re.compile(rb"[ \t\n\r]*+")
+_OPEN_OBJECT, _CLOSE_OBJECT, _OPEN_ARRAY, _CLOSE_ARRAY = b"{}[]"
+_COMMA, _COLON = b",:"
+# Scanner states: what the next token may be.
+_VALUE, _VALUE_OR_CLOSE, _KEY, _KEY_OR_CLOSE, _COLON_NEXT, _COMMA_OR_CLOSE, _END = range(7)
+
+
+def _scan_json(data: bytes) -> list[tuple[bytes, int, int]] | None:
+    """Check ``data`` as Go's JSON scanner does; raises ValueError where Go reports a syntax
+    error. Returns the members of a top-level object as (key token, value start, value end),
+    or None when the top-level value is not an object.
+
+    Like Go's, the scanner lets bytes that are not UTF-8 through inside strings.
+    """
+    stack = bytearray()
+    members: list[tuple[bytes, int, int]] = []
+    state, pos, key, member_start = _VALUE, 0, b"", 0
+    match = _JSON_TOKEN.match
+    while state != _END:
+        token = match(data, pos)
+        if token is None:
+            raise ValueError(f"invalid character at byte {_space_end(data, pos)}")
+        kind = token.lastgroup or ""
+        start, pos = token.start(kind), token.end()
+        char = data[start] if kind == "p" else 0
+        if state == _COLON_NEXT:
+            if char != _COLON:
+                raise ValueError(f"expected ':' at byte {start}")
+            state = _VALUE
+            continue
+        if state in (_KEY, _KEY_OR_CLOSE):
+            if kind == "s":
+                if len(stack) == 1:
+                    key = data[start:pos]
+                state = _COLON_NEXT
+                continue
+            if not (state == _KEY_OR_CLOSE and char == _CLOSE_OBJECT):
+                raise ValueError(f"expected a string key at byte {start}")
+            stack.pop()
+        elif state == _COMMA_OR_CLOSE:
+            top = stack[-1]
+            if char == _COMMA:
+                state = _KEY if top == _OPEN_OBJECT else _VALUE
+                continue
+            if not (char == _CLOSE_OBJECT if top == _OPEN_OBJECT else char == _CLOSE_ARRAY):
+                raise ValueError(f"expected ',' or a closing bracket at byte {start}")
+            stack.pop()
+        else:  # _VALUE or _VALUE_OR_CLOSE
+            if len(stack) == 1 and stack[0] == _OPEN_OBJECT:
+                member_start = start
+            if char in (_OPEN_OBJECT, _OPEN_ARRAY):
+                stack.append(char)
+                if len(stack) > _GO_MAX_DEPTH:
+                    raise ValueError("exceeded max depth")
+                state = _KEY_OR_CLOSE if char == _OPEN_OBJECT else _VALUE_OR_CLOSE
+                continue
+            if char == _CLOSE_ARRAY and state == _VALUE_OR_CLOSE:
+                stack.pop()
+            elif kind == "p":
+                raise ValueError(f"expected a value at byte {start}")
+        # A value ended at `pos`.
+        if not stack:
+            state = _END
+        else:
+            if len(stack) == 1 and stack[0] == _OPEN_OBJECT:
+                members.append((key, member_start, pos))
+            state = _COMMA_OR_CLOSE
+    if _space_end(data, pos) != len(data):
+        raise ValueError(f"invalid character after top-level value at byte {pos}")
+    return members if data[_space_end(data, 0)] == _OPEN_OBJECT else None
+
+
+def _space_end(data: bytes, pos: int) -> int:
+    space = _JSON_SPACE.match(data, pos)
+    return pos if space is None else space.end()
+
+
+def _go_utf8(raw: bytes) -> str:
+    """UTF-8 decoded as Go's encoding/json does: each byte of a bad sequence becomes its own
+    U+FFFD (Python's "replace" would take a whole bad subpart as one)."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        pass
+    view = memoryview(raw)
+    parts: list[str] = []
+    pos = 0
+    while True:
+        try:
+            parts.append(str(view[pos:], "utf-8"))
+            return "".join(parts)
+        except UnicodeDecodeError as exc:
+            parts.append(str(view[pos : pos + exc.start], "utf-8"))
+            parts.append("\ufffd")
+            pos += exc.start + 1
+
+
+_GO_ESCAPE = re.compile(
+    rb"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|\\u([0-9a-fA-F]{4})"
+    rb"|\\(.)",
+    re.DOTALL,
+)
+_SIMPLE_ESCAPES = {ord(k): v for k, v in zip('"\\/bfnrt', '"\\/\b\f\n\r\t', strict=True)}
+
+
+def _go_unquote(token: bytes) -> str:
+    """A JSON string token decoded as Go's encoding/json does: each byte that is not UTF-8
+    and each lone surrogate escape becomes U+FFFD."""
+    body = token[1:-1]
+    if b"\\" not in body:
+        return _go_utf8(body)
+    parts: list[str] = []
+    pos = 0
+    for escape in _GO_ESCAPE.finditer(body):
+        parts.append(_go_utf8(body[pos : escape.start()]))
+        high, low, unit, simple = escape.groups()
+        if high is not None:
+            code = 0x10000 + ((int(high, 16) - 0xD800) << 10) + (int(low, 16) - 0xDC00)
+            parts.append(chr(code))
+        elif unit is not None:
+            code = int(unit, 16)
+            parts.append("\ufffd" if 0xD800 <= code <= 0xDFFF else chr(code))
+        else:
+            parts.append(_SIMPLE_ESCAPES[simple[0]])
+        pos = escape.end()
+    parts.append(_go_utf8(body[pos:]))
+    return "".join(parts)
+
+
+_ENVELOPE_KEYS = frozenset(("event_type", "event_id", "issued_at", "nonce", "payload", "signature"))
+# The only non-ASCII letters whose Unicode case folding reaches an ASCII letter:
+# KELVIN SIGN folds with k, LATIN SMALL LETTER LONG S with s.
+_FOLD_TO_ASCII = str.maketrans({"\u212a": "k", "\u017f": "s"})
+
+
+def _go_field(key_token: bytes) -> str | None:
+    """The envelope field a key names, matched case-insensitively as Go matches struct fields."""
+    key = _go_unquote(key_token).translate(_FOLD_TO_ASCII)
+    if not key.isascii():
+        return None
+    key = key.lower()
+    return key if key in _ENVELOPE_KEYS else None
+
+
+def _parse_envelope_exact(data: bytes) -> SignedEnvelope:
+    """Decode an envelope as Go's json.Unmarshal does, whatever msgspec thought of it."""
+    try:
+        members = _scan_json(data)
+    except ValueError as exc:
+        raise EnvelopeError(f"invalid envelope JSON: {exc}") from None
+    if members is None:
+        raise EnvelopeError("invalid envelope JSON: not an object")
+    strings = {"event_type": "", "event_id": "", "nonce": "", "signature": ""}
+    issued_at: bytes | None = None
+    payload = NULL
+    for key_token, start, end in members:
+        field = _go_field(key_token)
+        if field is None:
+            continue
+        value = data[start:end]
+        if field == "payload":
+            payload = msgspec.Raw(value)
+        elif value == b"null":
+            # Go: null leaves a string or a time.Time as it was.
+            continue
+        elif field == "issued_at":
+            issued_at = value
+        elif value[:1] != b'"':
+            raise EnvelopeError(f"invalid envelope JSON: {field} is not a string")
+        else:
+            strings[field] = _go_unquote(value)
+    return _envelope_from_wire(
+        strings["event_type"], strings["event_id"], issued_at,
+        strings["nonce"], payload, strings["signature"],
+    )  # fmt: skip
+
+
+def _issued_at_from_wire(raw: bytes | None) -> tuple[datetime, int, str]:
+    if raw is None:
+        return ZERO_TIME, 0, _ZERO_TIME_TEXT
+    # Go's Time.UnmarshalJSON takes the text between the quotes as it is: no JSON unescaping.
+    if len(raw) < 2 or raw[:1] != b'"' or raw[-1:] != b'"':
+        raise EnvelopeError("bad issued_at: not a JSON string")
+    try:
+        text = raw[1:-1].decode("ascii")
+    except UnicodeDecodeError:
+        raise EnvelopeError("bad issued_at: not an RFC 3339 time") from None
+    canonical = _RFC3339NANO_CANONICAL.fullmatch(text)
+    if canonical is not None:
+        # What a Go control plane sends: let the C parser do it (the pattern has checked
+        # the grammar; it truncates digits past the microsecond, as checked below).
+        fraction = canonical.group(1)
+        nanos = int(fraction.ljust(9, "0")) if fraction else 0
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            pass  # out of range (a 31st of February): parse_rfc3339 says why
+        else:
+            if when.microsecond == nanos // 1000:
+                return when, nanos, text
+    try:
+        when, nanos = parse_rfc3339(text)
+    except ValueError as exc:
+        raise EnvelopeError(f"bad issued_at: {exc}") from None
+    return when, nanos, format_rfc3339nano(when, nanos)
+
+
+_ZERO_TIME_TEXT = "0001-01-01T00:00:00Z"
+
+
+def _envelope_from_wire(
+    event_type: str,
+    event_id: str,
+    issued_at_raw: bytes | None,
+    nonce: str,
+    payload: msgspec.Raw,
+    signature: str,
+) -> SignedEnvelope:
+    if not event_type:
+        raise EnvelopeError("missing or empty event_type")
+    if not event_id:
+        raise EnvelopeError("missing or empty event_id")
+    issued_at, nanos, text = _issued_at_from_wire(issued_at_raw)
+    # Every part is known to be consistent here: skip __init__'s checks.
+    envelope = SignedEnvelope.__new__(SignedEnvelope)
+    envelope.event_type = event_type
+    envelope.event_id = event_id
+    envelope.issued_at = issued_at
+    envelope.issued_at_nanos = nanos
+    envelope.issued_at_text = text
+    envelope.nonce = nonce
+    envelope.payload = payload if len(payload) else NULL
+    envelope.signature = signature
+    envelope._issued_at_ns = _epoch_ns(issued_at, nanos)
+    return envelope
+
+
+def _wire_bytes(data: str) -> bytes:
+    try:
+        # Text decoded with errors="surrogateescape" gets its original bytes back.
+        return data.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return data.encode("utf-8", "surrogatepass")
+
 
 def parse_envelope(data: bytes | str) -> SignedEnvelope:
-    """Parse an SSE event's data as a :class:`SignedEnvelope`.
+    """Parse an SSE event's data as a :class:`SignedEnvelope`, reading it as Go does.
 
     Raises :class:`EnvelopeError` for invalid JSON, a bad ``issued_at``, or a missing
-    or empty ``event_type`` / ``event_id``.
+    or empty ``event_type`` / ``event_id``. Bytes that are not UTF-8 are fine (as in Go,
+    they read as U+FFFD in the string fields and stay as they are in the payload); for
+    text, decode the stream with ``errors="surrogateescape"`` to keep them.
     """
     try:
         wire = _envelope_decoder.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise EnvelopeError(f"invalid envelope JSON: {exc}") from None
-    if not wire.event_type:
-        raise EnvelopeError("missing or empty event_type")
-    if not wire.event_id:
-        raise EnvelopeError("missing or empty event_id")
-    if wire.issued_at is None:
-        issued_at, nanos, text = ZERO_TIME, 0, "0001-01-01T00:00:00Z"
+    except (msgspec.DecodeError, UnicodeError, RecursionError):
+        return _parse_envelope_exact(_wire_bytes(data) if isinstance(data, str) else bytes(data))
+    issued_at = wire.issued_at
+    if issued_at is _ABSENT:
+        issued_at_raw = None
+    elif issued_at == NULL:
+        # A null leaves an earlier issued_at in place in Go: let the exact path see them all.
+        return _parse_envelope_exact(_wire_bytes(data) if isinstance(data, str) else bytes(data))
     else:
-        try:
-            issued_at, nanos = parse_rfc3339(wire.issued_at)
-        except ValueError as exc:
-            raise EnvelopeError(f"bad issued_at: {exc}") from None
-        if _RFC3339NANO_CANONICAL.fullmatch(wire.issued_at):
-            text = wire.issued_at
-        else:
-            text = format_rfc3339nano(issued_at, nanos)
-    return SignedEnvelope(
-        event_type=wire.event_type,
-        event_id=wire.event_id,
-        issued_at=issued_at,
-        nonce=wire.nonce or "",
-        payload=wire.payload,
-        signature=wire.signature or "",
-        issued_at_nanos=nanos,
-        issued_at_text=text,
+        issued_at_raw = bytes(issued_at)
+    return _envelope_from_wire(
+        wire.event_type, wire.event_id, issued_at_raw, wire.nonce, wire.payload, wire.signature
     )

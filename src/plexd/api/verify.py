@@ -1,0 +1,590 @@
+"""Verification of signed events (WIRE.md "Signatures"), Go-exact, and the matching signer.
+
+The signed message is rebuilt from the envelope as Go's ``encoding/json`` writes it
+(:func:`canonical_bytes`). Most envelopes arrive exactly as Go writes them, so the
+message is a concatenation of their parts (the fast path); anything else takes the
+general path, which applies Go's escaping and compaction rules.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+import nacl.bindings
+import nacl.exceptions
+import nacl.signing
+
+from .errors import ConfigError, EnvelopeError, VerificationError
+from .types import (
+    ZERO_TIME,
+    EventType,
+    NaiveDatetimeError,
+    RegisterResponse,
+    SignedEnvelope,
+    SigningKeys,
+    _scan_json,
+    parse_rfc3339,
+)
+
+__all__ = [
+    "DEFAULT_MAX_NONCES",
+    "DEFAULT_STALENESS_WINDOW",
+    "NONCE_TTL",
+    "Ed25519Verifier",
+    "EventVerifier",
+    "NoOpVerifier",
+    "NonceStore",
+    "canonical_bytes",
+    "envelope_json",
+    "sign_envelope",
+]
+
+# WIRE.md: "not older than 5 minutes; not more than 5 minutes in the future".
+DEFAULT_STALENESS_WINDOW = 300.0
+# WIRE.md: "nonces are remembered for 5 minutes".
+NONCE_TTL = 300.0
+# Expired nonces are dropped lazily, at most this often (seconds).
+NONCE_CLEANUP_INTERVAL = 60.0
+# Upper bound on remembered nonces: 100k entries is roughly 10-15 MB, and at the
+# default window it is only reached above ~330 validly signed events per second.
+DEFAULT_MAX_NONCES = 100_000
+ED25519_PUBLIC_KEY_SIZE = 32
+ED25519_SIGNATURE_SIZE = 64
+ED25519_SEED_SIZE = 32
+
+_NS = 1_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_GO_ZERO_TIME_NS = SignedEnvelope(event_type="-", event_id="-", issued_at=ZERO_TIME).issued_at_ns
+
+_log = logging.getLogger("plexd.api")
+
+
+# --- the signed message -----------------------------------------------------------------
+
+
+# A field needs Go's escaping when it holds any of these (a lone surrogate is Python's
+# stand-in for bytes that are not UTF-8, which Go reads as U+FFFD).
+_FIELD_NEEDS_ESCAPING = re.compile('[\x00-\x1f"\\\\<>&\u2028\u2029\ud800-\udfff]')
+# Payload bytes that Go's compaction may change: whitespace, <>&, and 0xE2, the lead
+# byte of U+2028/U+2029 (other characters starting with 0xE2 only cost the general path).
+_PAYLOAD_MAY_CHANGE = b"\t\n\r <>&\xe2"
+
+
+def _go_string_table() -> dict[int, str]:
+    # encoding/json (Go 1.22+) with HTML escaping, as json.Marshal does.
+    table: dict[int, str] = {c: f"\\u{c:04x}" for c in range(0x20)}
+    table.update({ord("\b"): "\\b", ord("\f"): "\\f", ord("\n"): "\\n", ord("\r"): "\\r"})
+    table.update({ord("\t"): "\\t", ord('"'): '\\"', ord("\\"): "\\\\"})
+    table.update({ord(c): f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"})
+    table.update({c: "\ufffd" for c in range(0xD800, 0xE000)})
+    return table
+
+
+_GO_STRING_TABLE = _go_string_table()
+
+# Whitespace between tokens; strings are matched whole so that their contents are kept.
+_PAYLOAD_SPACE = re.compile(rb'("(?:[^"\\]++|\\.)*+")|[ \t\n\r]++', re.DOTALL)
+_PAYLOAD_HTML = re.compile(rb"[<>&]|\xe2\x80[\xa8\xa9]")
+_PAYLOAD_HTML_ESCAPES = {
+    b"<": b"\\u003c",
+    b">": b"\\u003e",
+    b"&": b"\\u0026",
+    "\u2028".encode(): b"\\u2028",
+    "\u2029".encode(): b"\\u2029",
+}
+
+
+def _go_string(text: str) -> bytes:
+    """The inside of the JSON string Go's json.Marshal writes for ``text``."""
+    return text.translate(_GO_STRING_TABLE).encode()
+
+
+def _compact_payload(payload: bytes) -> bytes:
+    """Raw JSON compacted as json.Marshal compacts a RawMessage: whitespace between tokens
+    removed, string contents kept byte for byte except <>& U+2028 U+2029, escaped."""
+    compact = _PAYLOAD_SPACE.sub(rb"\1", payload)
+    return _PAYLOAD_HTML.sub(_html_escape, compact)
+
+
+def _html_escape(match: re.Match[bytes]) -> bytes:
+    return _PAYLOAD_HTML_ESCAPES[match.group()]
+
+
+def _fast_path_applies(envelope: SignedEnvelope) -> bool:
+    """Whether the envelope's parts are already exactly what Go writes."""
+    search = _FIELD_NEEDS_ESCAPING.search
+    if search(envelope.event_type) or search(envelope.event_id) or search(envelope.nonce):
+        return False
+    payload = bytes(envelope.payload)
+    return len(payload.translate(None, _PAYLOAD_MAY_CHANGE)) == len(payload)
+
+
+def _canonical_fast(envelope: SignedEnvelope) -> bytes:
+    head = (
+        f'{{"event_type":"{envelope.event_type}","event_id":"{envelope.event_id}",'
+        f'"issued_at":"{envelope.issued_at_text}","nonce":"{envelope.nonce}","payload":'
+    )
+    return b"".join((head.encode(), envelope.payload, b"}"))
+
+
+def _canonical_general(envelope: SignedEnvelope) -> bytes:
+    return b"".join(
+        (
+            b'{"event_type":"',
+            _go_string(envelope.event_type),
+            b'","event_id":"',
+            _go_string(envelope.event_id),
+            b'","issued_at":"',
+            envelope.issued_at_text.encode(),
+            b'","nonce":"',
+            _go_string(envelope.nonce),
+            b'","payload":',
+            _compact_payload(bytes(envelope.payload)),
+            b"}",
+        )
+    )
+
+
+def canonical_bytes(envelope: SignedEnvelope) -> bytes:
+    """The signed message of an envelope, byte for byte as Go's ``json.Marshal`` writes it.
+
+    ``{"event_type":…,"event_id":…,"issued_at":…,"nonce":…,"payload":…}`` with the
+    strings escaped Go's way, the payload compacted with its string contents kept,
+    and ``issued_at`` in Go's RFC3339Nano with the received nanoseconds and offset.
+    The payload is taken to be valid JSON (as :func:`parse_envelope` and
+    :func:`sign_envelope` ensure); for other bytes the result is unspecified.
+    """
+    if _fast_path_applies(envelope):
+        return _canonical_fast(envelope)
+    return _canonical_general(envelope)
+
+
+def envelope_json(envelope: SignedEnvelope) -> bytes:
+    """The envelope as Go's ``json.Marshal`` writes it, signature included: what an SSE
+    ``data:`` line carries."""
+    message = canonical_bytes(envelope)
+    return b"".join((message[:-1], b',"signature":"', _go_string(envelope.signature), b'"}'))
+
+
+# --- base64 as Go's encoding/base64 StdEncoding reads it -----------------------------------
+
+_BASE64_PLAIN = re.compile(r"[A-Za-z0-9+/]{86}==", re.ASCII)
+_BASE64_STD = re.compile(
+    r"(?:[A-Za-z0-9+/]{4})*+(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?", re.ASCII
+)
+
+
+def _go_base64(text: str) -> bytes | None:
+    """Decode as Go's ``base64.StdEncoding.DecodeString``, or None where Go fails.
+
+    Padding is required, CR and LF are skipped anywhere, anything else outside the
+    alphabet (a space, ``-``, ``_``, data after the padding) is an error. Python's
+    decoder accepts more (``AAAA====``, a missing padding with ``validate=False``).
+    """
+    if "\n" in text or "\r" in text:
+        text = text.replace("\n", "").replace("\r", "")
+    if _BASE64_STD.fullmatch(text) is None:
+        return None
+    return binascii.a2b_base64(text)
+
+
+def _decode_signature(signature: str, event_id: str) -> bytes:
+    # A signature Go writes is 86 characters and "==": a cheap check before the exact one.
+    raw = (
+        binascii.a2b_base64(signature)
+        if _BASE64_PLAIN.fullmatch(signature)
+        else _go_base64(signature)
+    )
+    if raw is None:
+        raise VerificationError(f"event {event_id!r}: signature is not valid base64")
+    if len(raw) != ED25519_SIGNATURE_SIZE:
+        raise VerificationError(
+            f"event {event_id!r}: signature is {len(raw)} bytes, want {ED25519_SIGNATURE_SIZE}"
+        )
+    return raw
+
+
+def _public_key(key: bytes | bytearray | memoryview | str, what: str) -> bytes:
+    """A 32-byte Ed25519 public key from raw bytes or standard base64 text."""
+    if isinstance(key, str):
+        raw = _go_base64(key)
+        if raw is None:
+            raise ConfigError(f"{what}: not valid standard base64")
+    elif isinstance(key, bytes | bytearray | memoryview):
+        raw = bytes(key)
+    else:
+        raise ConfigError(f"{what}: expected bytes or a base64 str, got {type(key).__name__}")
+    if len(raw) != ED25519_PUBLIC_KEY_SIZE:
+        raise ConfigError(f"{what}: {len(raw)} bytes, want {ED25519_PUBLIC_KEY_SIZE}")
+    return raw
+
+
+def _ed25519_valid(signed_message: bytes, public_key: bytes) -> bool:
+    # libsodium, like Go's crypto/ed25519, rejects a non-canonical S (S >= L).
+    try:
+        nacl.bindings.crypto_sign_open(signed_message, public_key)
+    except nacl.exceptions.BadSignatureError:
+        return False
+    return True
+
+
+def _datetime_ns(when: datetime, what: str) -> int:
+    if when.tzinfo is None:
+        raise NaiveDatetimeError(f"{what} is a naive datetime; pass a timezone-aware one")
+    delta = when - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * _NS + delta.microseconds * 1000
+
+
+# --- verifiers -----------------------------------------------------------------------------
+
+
+@runtime_checkable
+class EventVerifier(Protocol):
+    """Checks a signed envelope; raises :class:`VerificationError` when it must be dropped."""
+
+    async def verify(self, envelope: SignedEnvelope) -> None:
+        """Return if the envelope may be dispatched, raise :class:`VerificationError` if not."""
+        ...
+
+
+class NoOpVerifier:
+    """Accepts every envelope (for tests, or a control plane that does not sign)."""
+
+    async def verify(self, envelope: SignedEnvelope) -> None:
+        """Accept the envelope."""
+        return None
+
+
+class NonceStore:
+    """The nonces of verified events, each remembered for ``ttl`` seconds (5 minutes).
+
+    Thread-safe. Expired nonces are dropped lazily, at most once per ``cleanup_interval``.
+    A nonce is kept for ``ttl`` after it was recorded, or longer when the caller asks
+    (the verifier keeps it until its event leaves the staleness window, so that no
+    replay can fall between the two).
+
+    Memory is bounded by ``max_entries`` (default 100 000). When a flood of validly
+    signed events fills the store, the oldest entries are forgotten early and a warning
+    is logged (at most once per cleanup interval). The trade-off: an event whose nonce
+    was evicted could be replayed until it leaves the staleness window; refusing new
+    events instead would let the flood stop all events. The bound is reached only by a
+    control plane sending more than ``max_entries / ttl`` events per second (about 330
+    at the defaults), and forged events never reach the store (the verifier records a
+    nonce only after its signature verified).
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: float = NONCE_TTL,
+        max_entries: int = DEFAULT_MAX_NONCES,
+        cleanup_interval: float = NONCE_CLEANUP_INTERVAL,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if ttl <= 0:
+            raise ConfigError("NonceStore ttl must be positive")
+        if max_entries < 1:
+            raise ConfigError("NonceStore max_entries must be at least 1")
+        self._ttl_ns = int(ttl * _NS)
+        self._cleanup_ns = int(cleanup_interval * _NS)
+        self.max_entries = max_entries
+        self._log = logger or _log
+        self._lock = threading.Lock()
+        self._expiry: dict[str, int] = {}
+        # Insertion order, for cleanup and eviction; an entry whose expiry no longer
+        # matches the dict's is stale and skipped.
+        self._order: collections.deque[tuple[str, int]] = collections.deque()
+        self._next_cleanup_ns: int | None = None
+        self._next_warning_ns = 0
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def seen(self, nonce: str, now_ns: int) -> bool:
+        """Whether ``nonce`` is remembered (recorded and not expired) at ``now_ns``."""
+        expires = self._expiry.get(nonce)
+        return expires is not None and expires > now_ns
+
+    def remember(self, nonce: str, now_ns: int, keep_until_ns: int = 0) -> bool:
+        """Record ``nonce`` at ``now_ns`` (nanoseconds since the epoch); False if it is
+        already remembered (a replay). It is kept until ``now_ns + ttl`` or
+        ``keep_until_ns``, whichever is later."""
+        with self._lock:
+            next_cleanup = self._next_cleanup_ns
+            if next_cleanup is None or now_ns >= next_cleanup:
+                self._forget_expired(now_ns)
+            expiry = self._expiry
+            expires = expiry.get(nonce)
+            if expires is not None and expires > now_ns:
+                return False
+            until = max(now_ns + self._ttl_ns, keep_until_ns)
+            if expires is None and len(expiry) >= self.max_entries:
+                self._evict(now_ns)
+            expiry[nonce] = until
+            order = self._order
+            order.append((nonce, until))
+            if len(order) > 2 * self.max_entries:
+                self._rebuild_order()
+            return True
+
+    def _forget_expired(self, now_ns: int) -> None:
+        order, expiry = self._order, self._expiry
+        while order and order[0][1] <= now_ns:
+            nonce, until = order.popleft()
+            if expiry.get(nonce) == until:
+                del expiry[nonce]
+        self._next_cleanup_ns = now_ns + self._cleanup_ns
+
+    def _evict(self, now_ns: int) -> None:
+        order, expiry = self._order, self._expiry
+        live = 0
+        while order and len(expiry) >= self.max_entries:
+            nonce, until = order.popleft()
+            if expiry.get(nonce) == until:
+                del expiry[nonce]
+                live += until > now_ns
+        self.evicted += live
+        if live and now_ns >= self._next_warning_ns:
+            self._next_warning_ns = now_ns + self._cleanup_ns
+            self._log.warning(
+                "nonce store full (%d entries): forgetting the oldest nonces early",
+                self.max_entries,
+                extra={"max_entries": self.max_entries, "evicted": self.evicted},
+            )
+
+    def _rebuild_order(self) -> None:
+        # Stale entries (nonces recorded again after expiring) outnumber live ones.
+        live = sorted(self._expiry.items(), key=lambda item: item[1])
+        self._order = collections.deque(live)
+
+
+class Ed25519Verifier:
+    """Verifies envelopes signed with the control plane's Ed25519 key, as WIRE.md says.
+
+    The checks run in this order, each failure a :class:`VerificationError` with its own
+    message: signature present; nonce present; issued_at present (Go's zero time counts
+    as missing); not older than ``staleness_window`` seconds; not more than that in the
+    future (both to the nanosecond); signature valid for the current key, or for the
+    previous key while ``transition_expires`` is in the future; nonce not seen before.
+    A nonce is recorded only once the signature verified, so forged events cannot fill
+    the :class:`NonceStore`.
+
+    Keys are 32 raw bytes or standard base64 text; invalid key material raises
+    :class:`ConfigError`. ``clock`` returns the current time as an aware datetime
+    (default: the system clock). Safe to share between tasks and threads.
+    """
+
+    def __init__(
+        self,
+        current_key: bytes | str,
+        *,
+        staleness_window: float = DEFAULT_STALENESS_WINDOW,
+        clock: Callable[[], datetime] | None = None,
+        nonce_store: NonceStore | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if not staleness_window > 0:
+            raise ConfigError("staleness_window must be a positive number of seconds")
+        self.staleness_window = staleness_window
+        self._window_ns = int(staleness_window * _NS)
+        self._clock = clock
+        self._clock_last: datetime | None = None
+        self._clock_last_ns = 0
+        self._log = logger or _log
+        self.nonces = nonce_store if nonce_store is not None else NonceStore(logger=self._log)
+        self._key_lock = threading.Lock()
+        # (current, previous or None, previous valid until, in ns): swapped as one object.
+        self._keys: tuple[bytes, bytes | None, int] = (b"", None, 0)
+        self.set_keys(current_key)
+
+    @classmethod
+    def from_register_response(cls, response: RegisterResponse, **kwargs: Any) -> Ed25519Verifier:
+        """A verifier for the key that registration handed out (``signing_public_key``)."""
+        if not response.signing_public_key:
+            raise ConfigError("the registration response carries no signing_public_key")
+        return cls(response.signing_public_key, **kwargs)
+
+    def set_keys(
+        self,
+        current: bytes | str,
+        previous: bytes | str | None = None,
+        transition_expires: datetime | None = None,
+    ) -> None:
+        """Replace the keys. ``previous`` is accepted only while ``transition_expires`` is
+        in the future (so never without it, as in Go); an empty ``previous`` means none."""
+        current_raw = _public_key(current, "current signing key")
+        previous_raw = _public_key(previous, "previous signing key") if previous else None
+        until = 0
+        if previous_raw is not None and transition_expires is not None:
+            until = _datetime_ns(transition_expires, "transition_expires")
+        with self._key_lock:
+            self._keys = (current_raw, previous_raw, until)
+
+    def update_from_signing_keys(self, keys: SigningKeys) -> None:
+        """Take the keys of ``StateResponse.signing_keys`` (or a rotation event's payload)."""
+        if not keys.current:
+            raise ConfigError("signing keys without a current key")
+        expires = keys.transition_expires
+        if expires == ZERO_TIME:
+            expires = None
+        self.set_keys(keys.current, keys.previous or None, expires)
+
+    def update_from_event(self, envelope: SignedEnvelope) -> None:
+        """Take the keys of a ``signing_key_rotated`` event. Call it with an envelope that
+        verified: the event itself is signed with the key being replaced."""
+        if envelope.event_type != EventType.SIGNING_KEY_ROTATED:
+            raise EnvelopeError(
+                f"event {envelope.event_id!r} is {envelope.event_type!r}, not signing_key_rotated"
+            )
+        keys = envelope.decode_payload(SigningKeys)
+        self.update_from_signing_keys(keys)
+
+    def _now_ns(self) -> int:
+        clock = self._clock
+        if clock is None:
+            return time.time_ns()
+        now = clock()
+        if now is not self._clock_last:
+            self._clock_last_ns = _datetime_ns(now, "the verifier clock's time")
+            self._clock_last = now
+        return self._clock_last_ns
+
+    async def verify(self, envelope: SignedEnvelope) -> None:
+        """Raise :class:`VerificationError` unless the envelope passes every check."""
+        self.verify_sync(envelope)
+
+    def verify_sync(self, envelope: SignedEnvelope) -> None:
+        """:meth:`verify` without the coroutine, for threads and synchronous code."""
+        event_id = envelope.event_id
+        if not envelope.signature:
+            raise VerificationError(f"event {event_id!r}: missing signature")
+        if not envelope.nonce:
+            raise VerificationError(f"event {event_id!r}: missing nonce")
+        issued_ns = envelope.issued_at_ns
+        if issued_ns == _GO_ZERO_TIME_NS:
+            raise VerificationError(f"event {event_id!r}: missing issued_at")
+        now_ns = self._now_ns()
+        window = self._window_ns
+        if now_ns - issued_ns > window:
+            raise VerificationError(
+                f"event {event_id!r}: stale, issued_at {envelope.issued_at_text} is more than "
+                f"{self.staleness_window:g}s in the past"
+            )
+        if issued_ns - now_ns > window:
+            raise VerificationError(
+                f"event {event_id!r}: issued_at {envelope.issued_at_text} is more than "
+                f"{self.staleness_window:g}s in the future"
+            )
+        signed = _decode_signature(envelope.signature, event_id) + canonical_bytes(envelope)
+        current, previous, previous_until = self._keys
+        if not _ed25519_valid(signed, current):
+            in_transition = previous is not None and now_ns < previous_until
+            if not in_transition:
+                raise VerificationError(
+                    f"event {event_id!r}: signature does not verify with the current key"
+                )
+            if not _ed25519_valid(signed, previous):  # type: ignore[arg-type]
+                raise VerificationError(
+                    f"event {event_id!r}: signature does not verify with the current "
+                    "or the previous key"
+                )
+        if not self.nonces.remember(envelope.nonce, now_ns, issued_ns + window):
+            raise VerificationError(f"event {event_id!r}: replayed nonce {envelope.nonce!r}")
+
+
+# --- signing ---------------------------------------------------------------------------------
+
+_RAW_JSON = (msgspec.Raw, bytes, bytearray, memoryview)
+
+
+def _payload_bytes(payload: Any) -> bytes:
+    if isinstance(payload, _RAW_JSON):
+        raw = bytes(payload)
+        try:
+            _scan_json(raw)
+        except ValueError as exc:
+            raise EnvelopeError(f"payload is not valid JSON: {exc}") from None
+        return _compact_payload(raw)
+    try:
+        # Go sorts map keys; struct fields keep their order.
+        encoded = msgspec.json.encode(payload, order="deterministic")
+    except (TypeError, ValueError, UnicodeError, OverflowError) as exc:
+        raise EnvelopeError(f"payload cannot be encoded as JSON: {exc}") from None
+    return _PAYLOAD_HTML.sub(_html_escape, encoded)
+
+
+def _signing_time(issued_at: datetime | str | None) -> tuple[datetime, int]:
+    if issued_at is None:
+        now_ns = time.time_ns()
+        seconds, nanos = divmod(now_ns, _NS)
+        when = datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanos // 1000)
+        return when, nanos
+    if isinstance(issued_at, str):
+        try:
+            return parse_rfc3339(issued_at)
+        except ValueError as exc:
+            raise EnvelopeError(f"bad issued_at: {exc}") from None
+    if issued_at.tzinfo is None:
+        raise NaiveDatetimeError("issued_at is a naive datetime; pass a timezone-aware one")
+    return issued_at, issued_at.microsecond * 1000
+
+
+def sign_envelope(
+    private_key: bytes | nacl.signing.SigningKey,
+    event_type: str,
+    event_id: str,
+    payload: Any,
+    *,
+    issued_at: datetime | str | None = None,
+    nonce: str | None = None,
+) -> SignedEnvelope:
+    """Sign an event exactly as a Go control plane does.
+
+    ``private_key`` is a 32-byte Ed25519 seed or a ``nacl.signing.SigningKey``.
+    ``payload`` is raw JSON as ``msgspec.Raw`` or bytes (compacted Go's way; invalid
+    JSON raises :class:`EnvelopeError`), or any other value, encoded by msgspec
+    with map keys sorted and ``<>&`` U+2028 U+2029 escaped, as Go does.
+    ``issued_at`` defaults to now (UTC, nanoseconds); an aware datetime or RFC 3339
+    text (its nanoseconds and offset kept) is accepted. ``nonce`` defaults to 16 random
+    bytes in hex. A string that holds a lone surrogate is signed with U+FFFD in its
+    place, as a Go verifier reads it.
+    """
+    if isinstance(private_key, nacl.signing.SigningKey):
+        signing_key = private_key
+    elif isinstance(private_key, bytes | bytearray) and len(private_key) == ED25519_SEED_SIZE:
+        signing_key = nacl.signing.SigningKey(bytes(private_key))
+    else:
+        raise ConfigError("private_key must be a 32-byte Ed25519 seed or a nacl SigningKey")
+    when, nanos = _signing_time(issued_at)
+    envelope = SignedEnvelope(
+        event_type=_valid_text(event_type),
+        event_id=_valid_text(event_id),
+        issued_at=when,
+        issued_at_nanos=nanos,
+        nonce=_valid_text(secrets.token_hex(16) if nonce is None else nonce),
+        payload=_payload_bytes(payload),
+    )
+    signature = signing_key.sign(canonical_bytes(envelope)).signature
+    envelope.signature = base64.b64encode(signature).decode("ascii")
+    return envelope
+
+
+_SURROGATES_TO_REPLACEMENT = {c: "\ufffd" for c in range(0xD800, 0xE000)}
+
+
+def _valid_text(text: str) -> str:
+    if _FIELD_NEEDS_ESCAPING.search(text) is None:
+        return text
+    return text.translate(_SURROGATES_TO_REPLACEMENT)
