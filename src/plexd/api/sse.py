@@ -1,0 +1,400 @@
+"""SSEParser: a sans-IO, incremental parser of ``text/event-stream``, exact to the WHATWG rules.
+
+The parser takes bytes and returns events; it never touches a socket, a clock or an
+event loop (the I/O glue lives elsewhere). It follows "9.2.6 Interpreting an event
+stream" of the WHATWG HTML standard, with one documented bound: ``max_event_size``.
+
+How a chunk is handled, and why it is fast: the chunk is decoded in one call (an
+incomplete UTF-8 sequence at its end waits for the next chunk), everything up to the
+last line end is split into lines at once, and one tight loop interprets the lines.
+Only the newly arrived text is ever searched, so a long line fed in small chunks
+costs linear time.
+
+Bounds (``max_event_size``, counted in characters of decoded text, which equals bytes
+for ASCII):
+
+- An event whose data (as it would be dispatched) is longer than ``max_event_size`` is
+  dropped. The parser stops buffering its data as soon as a chunk ends past the bound,
+  ignores its remaining ``data`` lines up to the blank line that ends it, and calls
+  ``on_oversize(size)`` once, ``size`` being the characters of data it had seen when it
+  gave up (more than ``max_event_size``; how much more depends on the chunking). Its
+  ``id`` and ``retry`` fields are processed as usual, so the last event ID still
+  advances at its blank line.
+- A single line longer than ``max_event_size`` (field name included), whatever its
+  field, is skipped unread (an over-long ``id:`` line does not change the last event
+  ID, an over-long comment is not reported) and the event it belongs to is dropped the
+  same way, ``size`` being the length of the line seen so far.
+
+Which events are dropped, and how many times ``on_oversize`` is called, never depends on
+how the stream is cut into chunks. ``on_retry`` and ``on_oversize`` are called while
+``feed`` runs, before it returns the events that preceded them in the stream.
+
+So between two feeds the parser holds at most about ``max_event_size`` characters of
+event data, one line of at most ``max_event_size`` characters, and three undecoded
+bytes; within a feed, at most one chunk more.
+"""
+
+from __future__ import annotations
+
+from codecs import BOM_UTF8, utf_8_decode
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+__all__ = ["DEFAULT_MAX_EVENT_SIZE", "MAX_RETRY_MS", "SSEComment", "SSEEvent", "SSEParser"]
+
+# API.md: the default bound on one event or one line.
+DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024
+# WHATWG: the type of an event whose event type buffer is empty.
+DEFAULT_EVENT_TYPE = "message"
+# A larger `retry` value would mean "never" anyway; the cap also keeps int() away from
+# its digit limit and from parsing a huge number.
+MAX_RETRY_MS = 2**63 - 1
+_MAX_RETRY_DIGITS = len(str(MAX_RETRY_MS))
+# "data:" plus the one optional space: the shortest prefix of a data line before its value.
+_DATA_PREFIX = len("data:")
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One dispatched server-sent event.
+
+    ``type`` is the ``event`` field (``"message"`` when absent or empty), ``data`` the
+    ``data`` lines joined with LF, and ``id`` the last event ID in effect at dispatch
+    (it persists across events, as in WHATWG).
+    """
+
+    type: str
+    data: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SSEComment:
+    """A comment line of the stream; ``text`` is everything after the first colon, verbatim."""
+
+    text: str
+
+
+# A frozen dataclass's generated __init__ goes through object.__setattr__ once per field;
+# setting the slots through their descriptors builds an event in about half the time.
+# The objects are identical to the ones the constructor makes.
+_new_object = object.__new__
+_set_event_type: Callable[[SSEEvent, str], None] = SSEEvent.__dict__["type"].__set__
+_set_event_data: Callable[[SSEEvent, str], None] = SSEEvent.__dict__["data"].__set__
+_set_event_id: Callable[[SSEEvent, str], None] = SSEEvent.__dict__["id"].__set__
+_set_comment_text: Callable[[SSEComment, str], None] = SSEComment.__dict__["text"].__set__
+
+
+class _DiscardedData(list[str]):
+    """Marks the data of an event being dropped; appending to it keeps nothing."""
+
+    def append(self, value: str, /) -> None:
+        pass
+
+
+_DISCARDED = _DiscardedData()
+
+
+def _too_long_line(length: int) -> str:
+    # A line never contains LF, so a string that starts with one cannot be mistaken for
+    # a line: it stands for a line that was too long to keep, with its length.
+    return "\n" + str(length)
+
+
+class SSEParser:
+    """A sans-IO, incremental parser of an event stream, exact to WHATWG.
+
+    ``feed(chunk)`` takes the bytes as they arrive, in chunks of any size, and returns
+    the events the chunk completed; ``feed_items(chunk)`` also returns the comments, in
+    stream order. A ``retry`` field calls ``on_retry(milliseconds)`` as soon as its line
+    is read. See the module docstring for ``max_event_size`` and ``on_oversize``.
+
+    ``last_event_id`` starts as the ``last_event_id`` argument (the ID a reconnecting
+    client had) and is updated by every blank line, as in WHATWG. Call :meth:`reset`
+    when a new connection starts.
+    """
+
+    def __init__(
+        self,
+        on_retry: Callable[[int], None] | None = None,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        on_oversize: Callable[[int], None] | None = None,
+        *,
+        last_event_id: str = "",
+    ) -> None:
+        if max_event_size < 1:
+            raise ValueError(f"max_event_size must be positive, got {max_event_size}")
+        self._on_retry = on_retry
+        self._on_oversize = on_oversize
+        self._max_event_size = max_event_size
+        self._last_event_id = last_event_id
+        self._comment_seen = False
+        self.reset()
+
+    @property
+    def last_event_id(self) -> str:
+        """The last event ID string: set from the ``id`` fields at each blank line."""
+        return self._last_event_id
+
+    @property
+    def max_event_size(self) -> int:
+        """The bound on one event's data and on one line, in characters."""
+        return self._max_event_size
+
+    def reset(self) -> None:
+        """Start a new connection: forget the partial line and the partial event (a partial
+        event cut by a disconnect is discarded) and expect a byte order mark again.
+        ``last_event_id`` is kept."""
+        self._expect_bom = True
+        self._undecoded = b""
+        self._skip_lf = False
+        self._line_parts: list[str] = []
+        self._line_size = 0
+        self._skipping_line = False
+        self._data: str | None = None
+        self._more_data: list[str] | None = None
+        self._more_size = 0
+        self._data_size = 0
+        self._type = ""
+        self._id_buffer = self._last_event_id
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Parse the next bytes of the stream; return the events they completed."""
+        items = self._parse(chunk)
+        if self._comment_seen:
+            return [item for item in items if type(item) is SSEEvent]
+        return cast("list[SSEEvent]", items)
+
+    def feed_items(self, chunk: bytes) -> list[SSEEvent | SSEComment]:
+        """Like :meth:`feed`, with the comment lines kept, in stream order."""
+        return self._parse(chunk)
+
+    def _parse(self, chunk: bytes) -> list[SSEEvent | SSEComment]:
+        self._comment_seen = False
+        text = self._decode(chunk)
+        if self._skip_lf and text:
+            # The previous chunk ended with CR: an LF right after it ends the same line.
+            self._skip_lf = False
+            if text[0] == "\n":
+                text = text[1:]
+        if not text:
+            return []
+        if "\r" in text:
+            # A CR ends its line at once; an LF that starts the next chunk belongs to it.
+            self._skip_lf = text[-1] == "\r"
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        lines = text.split("\n")
+        rest = lines.pop()
+        if not lines:
+            self._extend_line(rest)
+            return []
+        new_size = self._line_size + len(text)
+        may_hold_long_line = new_size > self._max_event_size
+        if self._skipping_line:
+            # The rest of a line already reported as too long.
+            self._skipping_line = False
+            del lines[0]
+        elif self._line_parts:
+            self._line_parts.append(lines[0])
+            lines[0] = "".join(self._line_parts)
+        if may_hold_long_line:
+            self._mark_too_long_lines(lines)
+        self._line_parts = [rest] if rest else []
+        self._line_size = len(rest)
+        out: list[SSEEvent | SSEComment] = []
+        self._interpret(lines, new_size, out)
+        self._bound_partial_line()
+        return out
+
+    def _decode(self, chunk: bytes) -> str:
+        if self._undecoded:
+            chunk = self._undecoded + chunk
+        if self._expect_bom:
+            if len(chunk) < len(BOM_UTF8) and BOM_UTF8.startswith(chunk):
+                # Maybe the start of a byte order mark: wait for more bytes.
+                self._undecoded = bytes(chunk)
+                return ""
+            self._expect_bom = False
+            if chunk[:3] == BOM_UTF8:
+                chunk = chunk[3:]
+        # final=False keeps an incomplete UTF-8 sequence at the end for the next chunk;
+        # line ends are ASCII, so decoding up to any of them is decoding the whole stream.
+        text, consumed = utf_8_decode(chunk, "replace", False)
+        self._undecoded = bytes(chunk[consumed:]) if consumed < len(chunk) else b""
+        return text
+
+    def _interpret(self, lines: list[str], new_size: int, out: list[SSEEvent | SSEComment]) -> None:
+        # The hot path: one loop over the lines, the parser state in locals. A line
+        # "name: value" with a known name is split by one partition(": "), which is
+        # WHATWG's split at the first colon when the name holds no colon; a line without
+        # a colon gives the same (name, "") as WHATWG. Everything else takes the general
+        # route. The first data line of an event is kept as a plain string (most events
+        # have one); further lines go to a list, joined once at dispatch.
+        data = self._data
+        more = self._more_data
+        more_at_start = more
+        more_count_at_start = 0 if more is None else len(more)
+        event_type = self._type
+        id_buffer = self._id_buffer
+        last_event_id = self._last_event_id
+        max_event_size = self._max_event_size
+        # Whether an event dispatched by these lines can be over the bound at all.
+        may_overflow = self._data_size + new_size > max_event_size
+        default_type = DEFAULT_EVENT_TYPE
+        discarded = _DISCARDED
+        append = out.append
+        new_object = _new_object
+        set_type = _set_event_type
+        set_data = _set_event_data
+        set_id = _set_event_id
+        for line in lines:
+            if line:
+                name, _, value = line.partition(": ")
+                if name == "data":
+                    if data is None:
+                        data = value
+                    elif more is None:
+                        more = [value]
+                    else:
+                        more.append(value)
+                elif name == "id":
+                    if "\0" not in value:
+                        id_buffer = value
+                elif name == "event":
+                    event_type = value
+                elif line[0] == ":":
+                    comment = new_object(SSEComment)
+                    _set_comment_text(comment, line[1:])
+                    append(comment)
+                    self._comment_seen = True
+                else:
+                    name, _, value = line.partition(":")
+                    if value[:1] == " ":
+                        value = value[1:]
+                    if name == "data":
+                        if data is None:
+                            data = value
+                        elif more is None:
+                            more = [value]
+                        else:
+                            more.append(value)
+                    elif name == "event":
+                        event_type = value
+                    elif name == "id":
+                        if "\0" not in value:
+                            id_buffer = value
+                    elif name == "retry":
+                        self._retry(value)
+                    elif name[0] == "\n" and more is not discarded:
+                        data = None
+                        more = discarded
+                        self._report_oversize(int(name[1:]))
+            else:
+                last_event_id = id_buffer
+                if data is not None and more is not discarded:
+                    if more is not None:
+                        data = "\n".join([data, *more])
+                    if may_overflow and len(data) > max_event_size:
+                        self._report_oversize(len(data))
+                    else:
+                        event = new_object(SSEEvent)
+                        set_type(event, event_type or default_type)
+                        set_data(event, data)
+                        set_id(event, last_event_id)
+                        append(event)
+                data = None
+                more = None
+                event_type = ""
+        self._type = event_type
+        self._id_buffer = id_buffer
+        self._last_event_id = last_event_id
+        self._data = data
+        self._more_data = more
+        if more is discarded:
+            self._data = None
+            return
+        if more is None:
+            self._more_size = 0
+        elif more is more_at_start:
+            added = more[more_count_at_start:]
+            self._more_size += sum(map(len, added)) + len(added)
+        else:
+            self._more_size = sum(map(len, more)) + len(more)
+        # The data buffer holds one LF per line; the dispatched data has one less.
+        data_size = self._data_size = self._more_size + (0 if data is None else len(data) + 1)
+        if data_size - 1 > max_event_size:
+            self._drop_event(data_size - 1)
+
+    def _retry(self, value: str) -> None:
+        # WHATWG: "If the field value consists of only ASCII digits".
+        if self._on_retry is None or not (value.isdigit() and value.isascii()):
+            return
+        digits = value.lstrip("0")
+        if len(digits) > _MAX_RETRY_DIGITS:
+            self._on_retry(MAX_RETRY_MS)
+        else:
+            self._on_retry(min(int(digits or "0"), MAX_RETRY_MS))
+
+    def _extend_line(self, text: str) -> None:
+        if self._skipping_line:
+            return
+        self._line_parts.append(text)
+        self._line_size += len(text)
+        self._bound_partial_line()
+
+    def _mark_too_long_lines(self, lines: list[str]) -> None:
+        for index, line in enumerate(lines):
+            if len(line) > self._max_event_size:
+                lines[index] = _too_long_line(len(line))
+
+    def _bound_partial_line(self) -> None:
+        # Keep the unfinished line within bounds: too long for any line, or a data line
+        # whose value already takes the event past the bound.
+        size = self._line_size
+        if size > self._max_event_size:
+            self._skip_line(size)
+        elif self._more_data is not _DISCARDED and self._data_size + size - _DATA_PREFIX > (
+            self._max_event_size
+        ):
+            head = self._line_head()
+            if head.startswith("data:") and len(head) > _DATA_PREFIX:
+                value_size = size - _DATA_PREFIX - (head[_DATA_PREFIX] == " ")
+                if self._data_size + value_size > self._max_event_size:
+                    self._skip_line(self._data_size + value_size)
+
+    def _line_head(self) -> str:
+        # The first characters of the unfinished line, without joining all of it.
+        parts = self._line_parts
+        while len(parts) > 1 and len(parts[0]) <= _DATA_PREFIX:
+            parts[0:2] = [parts[0] + parts[1]]
+        return parts[0][: _DATA_PREFIX + 1] if parts else ""
+
+    def _skip_line(self, size: int) -> None:
+        self._line_parts = []
+        self._line_size = 0
+        self._skipping_line = True
+        self._drop_event(size)
+
+    def _drop_event(self, size: int) -> None:
+        if self._more_data is not _DISCARDED:
+            self._data = None
+            self._more_data = _DISCARDED
+            self._report_oversize(size)
+
+    def _report_oversize(self, size: int) -> None:
+        if self._on_oversize is not None:
+            self._on_oversize(size)
+
+
+def _buffer_sizes(parser: SSEParser) -> dict[str, int]:
+    """The sizes of the parser's buffers, in characters or bytes (for tests of its bounds)."""
+    return {
+        "undecoded": len(parser._undecoded),
+        "line": sum(map(len, parser._line_parts)),
+        "data": (0 if parser._data is None else len(parser._data) + 1)
+        + sum(map(len, parser._more_data or ()))
+        + len(parser._more_data or ()),
+        "type": len(parser._type),
+        "id_buffer": len(parser._id_buffer),
+    }
