@@ -28,6 +28,7 @@ from .errors import (
     APITimeoutError,
     PlexdError,
     ResponseError,
+    SSEIdleTimeoutError,
     from_response,
 )
 
@@ -80,6 +81,46 @@ def build_ssl_context(insecure_skip_verify: bool = False) -> ssl.SSLContext:
     return context
 
 
+@functools.lru_cache(maxsize=2)
+def shared_ssl_context(insecure_skip_verify: bool = False) -> ssl.SSLContext:
+    """One :func:`build_ssl_context` per setting for the whole process.
+
+    Loading the system CA store costs hundreds of KiB; a process that simulates
+    thousands of nodes must not do it once per client.
+    """
+    return build_ssl_context(insecure_skip_verify)
+
+
+# asyncio gives every TLS connection its own 256 KiB read buffer (SSLProtocol), most
+# of what an idle event stream costs. The buffer only carries bytes from recv_into()
+# to the TLS object within one synchronous callback, so connections of one thread's
+# event loop can share one buffer of the same size: no throughput is lost.
+_tls_read_buffers = threading.local()
+
+
+def _share_tls_read_buffer(transport: asyncio.BaseTransport) -> None:
+    # asyncio internals, guarded: another event loop (uvloop) is simply left alone.
+    protocol = getattr(transport, "_ssl_protocol", None)
+    buffer = getattr(protocol, "_ssl_buffer", None)
+    if not isinstance(buffer, bytearray) or getattr(protocol, "max_size", 0) != len(buffer):
+        return
+    shared = getattr(_tls_read_buffers, "view", None)
+    if shared is None or len(shared) != len(buffer):
+        shared = _tls_read_buffers.view = memoryview(buffer)
+        return  # this connection's own buffer becomes the shared one
+    protocol._ssl_buffer = shared.obj  # type: ignore[union-attr]
+    protocol._ssl_buffer_view = shared  # type: ignore[union-attr]
+
+
+class LeanConnector(aiohttp.TCPConnector):
+    """A TCPConnector whose TLS connections share their thread's read buffer."""
+
+    async def _wrap_create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        transport, protocol = await super()._wrap_create_connection(*args, **kwargs)
+        _share_tls_read_buffer(transport)
+        return transport, protocol
+
+
 def map_transport_error(exc: BaseException, what: str) -> PlexdError:
     """The PlexdError for a transport exception (the caller raises it ``from exc``)."""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
@@ -90,7 +131,7 @@ def map_transport_error(exc: BaseException, what: str) -> PlexdError:
     return APIConnectionError(f"{what}: {detail}")
 
 
-_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, EOFError)
+TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, EOFError)
 
 
 def _content_encoding(response: aiohttp.ClientResponse) -> str:
@@ -165,10 +206,10 @@ async def read_capped_body(response: aiohttp.ClientResponse, limit: int, what: s
     return decoder.result() if decoder is not None else bytes(out)
 
 
-async def _read_error_body(response: aiohttp.ClientResponse) -> bytes:
+async def read_error_body(response: aiohttp.ClientResponse) -> bytes:
     """At most MAX_ERROR_BODY bytes of an error body: never more from the socket."""
     raw = bytearray()
-    with contextlib.suppress(*_TRANSPORT_ERRORS):
+    with contextlib.suppress(*TRANSPORT_ERRORS):
         while len(raw) < MAX_ERROR_BODY:
             chunk = await response.content.read(MAX_ERROR_BODY - len(raw))
             if not chunk:
@@ -207,12 +248,36 @@ class StreamingResponse:
                 if not chunk:
                     return
                 yield chunk
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             raise map_transport_error(exc, self._what) from exc
 
 
 class EventStreamResponse(StreamingResponse):
     """The response of ``connect_sse``: a ``text/event-stream`` body read chunk by chunk."""
+
+    async def read_chunk(self, idle_timeout: float | None) -> bytes:
+        """The next bytes as they arrive (``b""`` at the end of the stream).
+
+        Raises :class:`SSEIdleTimeoutError` when nothing arrives for ``idle_timeout``
+        seconds (None waits forever), :class:`APIConnectionError` when the connection breaks.
+        """
+        content = self._response.content
+        try:
+            if idle_timeout is None:
+                return await content.readany()
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    return await content.readany()
+            except TimeoutError:
+                raise SSEIdleTimeoutError(
+                    f"{self._what}: no bytes for {idle_timeout:g} s (idle timeout)"
+                ) from None
+        except TRANSPORT_ERRORS as exc:
+            raise map_transport_error(exc, self._what) from exc
+
+    def abort(self) -> None:
+        """Close the connection now; a pending :meth:`read_chunk` raises APIConnectionError."""
+        self._response.close()
 
 
 class ArtifactStream(StreamingResponse):
@@ -264,7 +329,7 @@ class ControlPlane:
         self._token_lock = threading.Lock()
         self._token = ""
         self._json_headers = self._build_json_headers(self._token)
-        self._ssl = ssl_context or build_ssl_context(config.tls_insecure_skip_verify)
+        self._ssl = ssl_context or shared_ssl_context(config.tls_insecure_skip_verify)
         self._session: aiohttp.ClientSession | None = None
         # aiohttp's total timeout bounds a JSON call, body read included; a stream has
         # none (its reader bounds it) and request_timeout bounds only its head.
@@ -317,7 +382,7 @@ class ControlPlane:
             raise PlexdError("ControlPlane is closed")
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl),
+                connector=LeanConnector(ssl=self._ssl),
                 timeout=self._call_timeout,
                 auto_decompress=False,
                 trust_env=False,
@@ -390,7 +455,7 @@ class ControlPlane:
                     return None
                 raw = await read_capped_body(response, MAX_RESPONSE_SIZE, call)
                 content_type = response.headers.get("Content-Type", "")
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             raise map_transport_error(exc, call) from exc
         return self._decode(raw, result_type, call, content_type)
 
@@ -420,7 +485,7 @@ class ControlPlane:
     ) -> None:
         if 200 <= response.status < 300:
             return
-        body = await _read_error_body(response)
+        body = await read_error_body(response)
         raise from_response(response.status, response.headers, body, method=method, path=path)
 
     @contextlib.asynccontextmanager
@@ -448,7 +513,7 @@ class ControlPlane:
                 except BaseException:
                     response.close()
                     raise
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             raise map_transport_error(exc, call) from exc
         try:
             yield response_class(response, call, read_timeout)

@@ -1,0 +1,125 @@
+"""SSEStream: one connection to the node's event stream, from bytes to dispatched events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from .client import ControlPlane, EventStreamResponse
+from .dispatch import EventDispatcher
+from .errors import EnvelopeError, VerificationError
+from .eventsource import run_connection
+from .sse import SSEEvent, SSEParser
+from .types import parse_envelope
+from .verify import EventVerifier, NoOpVerifier
+
+# API.md: SSEParser's default bound on one event or one line.
+DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024
+
+
+class SSEStream:
+    """Reads ``GET /v1/nodes/{node_id}/events`` once: parse, verify, dispatch, in stream order.
+
+    ``last_event_id`` advances only after an event's handlers finished (or the event
+    was skipped as malformed or unverifiable), so the next :meth:`connect` sends a
+    ``Last-Event-ID`` that never skips an event cut mid-way or still being handled.
+    The optional hooks let a reconnect loop follow the connection.
+    """
+
+    def __init__(
+        self,
+        client: ControlPlane,
+        verifier: EventVerifier | None,
+        dispatcher: EventDispatcher,
+        idle_timeout: float,
+        logger: logging.Logger | None = None,
+        *,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        on_connected: Callable[[], None] | None = None,
+        on_event: Callable[[], None] | None = None,
+        on_retry: Callable[[int], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._verifier: EventVerifier = verifier if verifier is not None else NoOpVerifier()
+        self._dispatcher = dispatcher
+        self._idle_timeout = idle_timeout
+        self._log = logger or logging.getLogger("plexd.api")
+        self._max_event_size = max_event_size
+        self._on_connected = on_connected
+        self._on_event = on_event
+        self._on_retry = on_retry
+        self._parser: SSEParser | None = None
+        self.last_event_id = ""
+
+    async def connect(self, node_id: str) -> None:
+        """Connect (with ``Last-Event-ID`` when there is one) and handle events until the
+        server closes the stream; raises on a failed connect, a broken stream, an idle
+        timeout or a response that is not ``text/event-stream``."""
+        parser = self._parser = SSEParser(
+            on_retry=self._on_retry,
+            max_event_size=self._max_event_size,
+            on_oversize=self._oversize,
+            last_event_id=self.last_event_id,
+        )
+        try:
+            await run_connection(
+                lambda: self._client.connect_sse(node_id, self.last_event_id),
+                parser.feed,
+                self._idle_timeout,
+                self._opened,
+                self._handle_batch,
+            )
+        finally:
+            self._parser = None
+
+    def _opened(self, response: EventStreamResponse) -> None:
+        self._log.info("event stream open", extra={"last_event_id": self.last_event_id})
+        if self._on_connected is not None:
+            self._on_connected()
+
+    async def _handle_batch(self, events: list[SSEEvent]) -> None:
+        for event in events:
+            await self._handle(event)
+        if self._parser is not None:
+            # An `id:` without data moves the stream's last event ID too.
+            self.last_event_id = self._parser.last_event_id
+
+    async def _handle(self, event: SSEEvent) -> None:
+        try:
+            envelope = parse_envelope(event.data)
+        except EnvelopeError as exc:
+            self._log.warning(
+                "skipping malformed event %r: %s",
+                event.id,
+                exc,
+                extra={"sse_id": event.id, "reason": str(exc)},
+            )
+        else:
+            try:
+                await self._verifier.verify(envelope)
+            except VerificationError as exc:
+                self._log.warning(
+                    "skipping unverifiable %s event %s: %s",
+                    envelope.event_type,
+                    envelope.event_id,
+                    exc,
+                    extra={
+                        "sse_id": event.id,
+                        "event_type": envelope.event_type,
+                        "event_id": envelope.event_id,
+                        "reason": str(exc),
+                    },
+                )
+            else:
+                await self._dispatcher.dispatch(envelope)
+        self.last_event_id = event.id
+        if self._on_event is not None:
+            self._on_event()
+
+    def _oversize(self, size: int) -> None:
+        self._log.error(
+            "skipping an event larger than %d bytes (%d bytes seen)",
+            self._max_event_size,
+            size,
+            extra={"size": size, "max_event_size": self._max_event_size},
+        )
