@@ -2,6 +2,7 @@
 
 from .client import ArtifactStream, ControlPlane, EventStreamResponse
 from .config import Config
+from .dispatch import EventDispatcher, EventHandler
 from .errors import (
     APIConnectionError,
     APIError,
@@ -22,6 +23,17 @@ from .errors import (
     UnauthorizedError,
     VerificationError,
 )
+from .eventsource import EventSource
+from .manager import SSEManager
+from .reconnect import (
+    ConnectionState,
+    FailureAction,
+    ReconnectEngine,
+    ReconnectPolicy,
+    classify_error,
+)
+from .sse import SSEComment, SSEEvent, SSEParser
+from .stream import SSEStream
 from .types import (
     ActionInfo,
     ActionParam,
@@ -64,6 +76,15 @@ from .types import (
     parse_envelope,
     raw_json,
 )
+from .verify import (
+    Ed25519Verifier,
+    EventVerifier,
+    NonceStore,
+    NoOpVerifier,
+    canonical_bytes,
+    envelope_json,
+    sign_envelope,
+)
 
 __version__ = "0.1.0"
 
@@ -81,17 +102,24 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConflictError",
+    "ConnectionState",
     "ControlPlane",
     "DataEntry",
     "DriftCorrection",
     "DriftReport",
+    "Ed25519Verifier",
     "EndpointReport",
     "EndpointResponse",
     "EnvelopeError",
+    "EventDispatcher",
+    "EventHandler",
+    "EventSource",
     "EventStreamResponse",
     "EventType",
+    "EventVerifier",
     "ExecutionAck",
     "ExecutionResult",
+    "FailureAction",
     "ForbiddenError",
     "HeartbeatRequest",
     "HeartbeatResponse",
@@ -103,6 +131,8 @@ __all__ = [
     "MetricPoint",
     "NATInfo",
     "NaiveDatetimeError",
+    "NoOpVerifier",
+    "NonceStore",
     "NotFoundError",
     "PayloadTooLargeError",
     "Peer",
@@ -111,13 +141,20 @@ __all__ = [
     "Policy",
     "PolicyRule",
     "RateLimitError",
+    "ReconnectEngine",
+    "ReconnectPolicy",
     "RegisterRequest",
     "RegisterResponse",
     "ReportEntry",
     "ReportSyncRequest",
     "ResponseError",
+    "SSEComment",
+    "SSEEvent",
     "SSEIdleTimeoutError",
+    "SSEManager",
+    "SSEParser",
     "SSEProtocolError",
+    "SSEStream",
     "SecretRef",
     "SecretResponse",
     "ServerError",
@@ -128,7 +165,11 @@ __all__ = [
     "UnauthorizedError",
     "VerificationError",
     "__version__",
+    "canonical_bytes",
+    "classify_error",
     "decode_raw",
+    "envelope_json",
     "parse_envelope",
     "raw_json",
+    "sign_envelope",
 ]

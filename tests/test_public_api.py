@@ -1,0 +1,104 @@
+"""Every name of API.md is importable from plexd.api, and nothing else leaks in __all__."""
+
+import inspect
+
+import plexd.api
+
+API_MD_NAMES = [
+    "Config",
+    "ConfigError",
+    "ControlPlane",
+    "EventStreamResponse",
+    "ArtifactStream",
+    "PlexdError",
+    "APIError",
+    "BadRequestError",
+    "UnauthorizedError",
+    "ForbiddenError",
+    "NotFoundError",
+    "ConflictError",
+    "PayloadTooLargeError",
+    "RateLimitError",
+    "ServerError",
+    "APIConnectionError",
+    "APITimeoutError",
+    "RegisterRequest",
+    "RegisterResponse",
+    "Peer",
+    "HeartbeatRequest",
+    "MeshInfo",
+    "NATInfo",
+    "HeartbeatResponse",
+    "StateResponse",
+    "Policy",
+    "PolicyRule",
+    "SigningKeys",
+    "DataEntry",
+    "SecretRef",
+    "SecretResponse",
+    "DriftReport",
+    "DriftCorrection",
+    "ReportSyncRequest",
+    "ReportEntry",
+    "ExecutionAck",
+    "ExecutionResult",
+    "TriggeredBy",
+    "MetricPoint",
+    "LogEntry",
+    "AuditEntry",
+    "CapabilitiesPayload",
+    "BinaryInfo",
+    "ActionInfo",
+    "ActionParam",
+    "HookInfo",
+    "EndpointReport",
+    "EndpointResponse",
+    "PeerEndpoint",
+    "KeyRotateRequest",
+    "KeyRotateResponse",
+    "EventType",
+    "SignedEnvelope",
+    "parse_envelope",
+    "EnvelopeError",
+    "SSEEvent",
+    "SSEParser",
+    "SSEProtocolError",
+    "SSEIdleTimeoutError",
+    "SSEStream",
+    "EventSource",
+    "EventVerifier",
+    "VerificationError",
+    "NoOpVerifier",
+    "NonceStore",
+    "Ed25519Verifier",
+    "canonical_bytes",
+    "EventHandler",
+    "EventDispatcher",
+    "FailureAction",
+    "classify_error",
+    "ConnectionState",
+    "ReconnectEngine",
+    "SSEManager",
+]
+
+
+def test_every_api_md_name_is_exported() -> None:
+    missing = [name for name in API_MD_NAMES if name not in plexd.api.__all__]
+    assert missing == []
+    for name in API_MD_NAMES:
+        assert getattr(plexd.api, name) is not None
+
+
+def test_public_classes_and_functions_have_docstrings() -> None:
+    undocumented = [
+        name
+        for name in plexd.api.__all__
+        if (inspect.isclass(obj := getattr(plexd.api, name)) or inspect.isfunction(obj))
+        and not inspect.getdoc(obj)
+    ]
+    assert undocumented == []
+
+
+def test_event_type_has_the_twelve_wire_values() -> None:
+    assert len(plexd.api.EventType) == 12
+    assert plexd.api.EventType.PEER_ADDED == "peer_added"
