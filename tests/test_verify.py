@@ -25,6 +25,7 @@ from plexd.api.types import (
     SignedEnvelope,
     SigningKeys,
     _parse_envelope_exact,
+    _scan_json,
     format_rfc3339nano,
     parse_envelope,
     parse_rfc3339,
@@ -996,3 +997,49 @@ def test_exact_decoder_agrees_with_the_fast_decoder(
     if spaced:
         wire = msgspec.json.format(wire, indent=indent)
     assert _parse_envelope_exact(wire) == parse_envelope(wire)
+
+
+# ASCII without "u": edits cannot make bad UTF-8 or a surrogate escape (where Go and
+# msgspec differ on purpose).
+_ascii_text = st.text(alphabet=st.characters(max_codepoint=0x7F, exclude_characters="u"))
+_ascii_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _ascii_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_ascii_text, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=_ascii_json_values,
+    indent=st.integers(0, 2),
+    edits=st.lists(
+        st.tuples(
+            st.integers(0, 10_000), st.sampled_from(list(b' ,:[]{}"\\01e.-tx\x01')), st.booleans()
+        ),
+        max_size=3,
+    ),
+)
+def test_json_scanner_accepts_what_a_strict_parser_accepts(
+    value: Any, indent: int, edits: list[tuple[int, int, bool]]
+) -> None:
+    data = bytearray(msgspec.json.format(msgspec.json.encode(value), indent=indent))
+    for where, char, insert in edits:
+        where %= len(data) + 1
+        if insert or where == len(data):
+            data.insert(where, char)
+        else:
+            data[where] = char
+    try:
+        msgspec.json.decode(bytes(data), type=msgspec.Raw)
+    except msgspec.DecodeError:
+        valid = False
+    else:
+        valid = True
+    try:
+        _scan_json(bytes(data))
+    except ValueError:
+        scanned = False
+    else:
+        scanned = True
+    assert scanned == valid, bytes(data)

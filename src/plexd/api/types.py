@@ -827,14 +827,21 @@ class _EnvelopeWire(msgspec.Struct, forbid_unknown_fields=True):
 _envelope_decoder = msgspec.json.Decoder(_EnvelopeWire)
 
 _GO_MAX_DEPTH = 10000  # encoding/json's scanner: "exceeded max depth"
+_SPACE = rb"[ \t\n\r]*+"
+_STRING = rb'"(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+"'
+_NUMBER = rb"-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][+-]?+[0-9]++)?+"
+_SCALAR = rb"(?:" + _STRING + rb"|" + _NUMBER + rb"|true|false|null)"
 _JSON_TOKEN = re.compile(
-    rb"[ \t\n\r]*+(?:"
-    rb'(?P<s>"(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+")'
-    rb"|(?P<n>-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][+-]?+[0-9]++)?+)"
-    rb"|(?P<l>true|false|null)"
-    rb"|(?P<p>[{}\[\],:]))"
+    _SPACE + rb"(?:(?P<s>" + _STRING + rb")|(?P<n>" + _NUMBER + rb")"
+    rb"|(?P<l>true|false|null)|(?P<p>[{}\[\],:]))"
 )
-_JSON_SPACE = re.compile(rb"[ \t\n\r]*+")
+_JSON_SPACE = re.compile(_SPACE)
+# Runs of `,scalar` in an array and `,"key":scalar` in an object, taken in one match so
+# that a large payload costs a few regex calls rather than a Python step per token.
+_ARRAY_RUN = re.compile(rb"(?:" + _SPACE + rb"," + _SPACE + _SCALAR + rb")*+")
+_OBJECT_RUN = re.compile(
+    rb"(?:" + _SPACE + rb"," + _SPACE + _STRING + _SPACE + rb":" + _SPACE + _SCALAR + rb")*+"
+)
 _OPEN_OBJECT, _CLOSE_OBJECT, _OPEN_ARRAY, _CLOSE_ARRAY = b"{}[]"
 _COMMA, _COLON = b",:"
 # Scanner states: what the next token may be.
@@ -853,6 +860,9 @@ def _scan_json(data: bytes) -> list[tuple[bytes, int, int]] | None:
     state, pos, key, member_start = _VALUE, 0, b"", 0
     match = _JSON_TOKEN.match
     while state != _END:
+        if state == _COMMA_OR_CLOSE and len(stack) > 1:
+            run = _OBJECT_RUN if stack[-1] == _OPEN_OBJECT else _ARRAY_RUN
+            pos = _match_end(run, data, pos)
         token = match(data, pos)
         if token is None:
             raise ValueError(f"invalid character at byte {_space_end(data, pos)}")
@@ -907,8 +917,12 @@ def _scan_json(data: bytes) -> list[tuple[bytes, int, int]] | None:
 
 
 def _space_end(data: bytes, pos: int) -> int:
-    space = _JSON_SPACE.match(data, pos)
-    return pos if space is None else space.end()
+    return _match_end(_JSON_SPACE, data, pos)
+
+
+def _match_end(pattern: re.Pattern[bytes], data: bytes, pos: int) -> int:
+    found = pattern.match(data, pos)
+    return pos if found is None else found.end()
 
 
 def _go_utf8(raw: bytes) -> str:
@@ -1012,16 +1026,17 @@ def _parse_envelope_exact(data: bytes) -> SignedEnvelope:
     )  # fmt: skip
 
 
-def _issued_at_from_wire(raw: bytes | None) -> tuple[datetime, int, str]:
+def _issued_at_from_wire(raw: msgspec.Raw | bytes | None) -> tuple[datetime, int, str]:
     if raw is None:
         return ZERO_TIME, 0, _ZERO_TIME_TEXT
-    # Go's Time.UnmarshalJSON takes the text between the quotes as it is: no JSON unescaping.
-    if len(raw) < 2 or raw[:1] != b'"' or raw[-1:] != b'"':
-        raise EnvelopeError("bad issued_at: not a JSON string")
     try:
-        text = raw[1:-1].decode("ascii")
+        quoted = str(raw, "ascii")
     except UnicodeDecodeError:
         raise EnvelopeError("bad issued_at: not an RFC 3339 time") from None
+    # Go's Time.UnmarshalJSON takes the text between the quotes as it is: no JSON unescaping.
+    if len(quoted) < 2 or quoted[0] != '"' or quoted[-1] != '"':
+        raise EnvelopeError("bad issued_at: not a JSON string")
+    text = quoted[1:-1]
     canonical = _RFC3339NANO_CANONICAL.fullmatch(text)
     if canonical is not None:
         # What a Go control plane sends: let the C parser do it (the pattern has checked
@@ -1048,7 +1063,7 @@ _ZERO_TIME_TEXT = "0001-01-01T00:00:00Z"
 def _envelope_from_wire(
     event_type: str,
     event_id: str,
-    issued_at_raw: bytes | None,
+    issued_at_raw: msgspec.Raw | bytes | None,
     nonce: str,
     payload: msgspec.Raw,
     signature: str,
@@ -1092,14 +1107,12 @@ def parse_envelope(data: bytes | str) -> SignedEnvelope:
         wire = _envelope_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeError, RecursionError):
         return _parse_envelope_exact(_wire_bytes(data) if isinstance(data, str) else bytes(data))
-    issued_at = wire.issued_at
+    issued_at: msgspec.Raw | None = wire.issued_at
     if issued_at is _ABSENT:
-        issued_at_raw = None
+        issued_at = None
     elif issued_at == NULL:
         # A null leaves an earlier issued_at in place in Go: let the exact path see them all.
         return _parse_envelope_exact(_wire_bytes(data) if isinstance(data, str) else bytes(data))
-    else:
-        issued_at_raw = bytes(issued_at)
     return _envelope_from_wire(
-        wire.event_type, wire.event_id, issued_at_raw, wire.nonce, wire.payload, wire.signature
+        wire.event_type, wire.event_id, issued_at, wire.nonce, wire.payload, wire.signature
     )
