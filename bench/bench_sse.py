@@ -1,8 +1,7 @@
 """Server-sent events benchmark: our SSEParser side by side with other Python SSE parsers.
 
 Run with ``python bench/bench_sse.py``. Each section is one function listed in SECTIONS;
-main() runs them in order (an end-to-end EventSource-over-loopback section can be added
-the same way).
+main() runs them in order
 
 Sections:
 
@@ -12,6 +11,9 @@ Sections:
 - long event: one event whose single data line is 4 MiB / 16 MiB, fed 1 KiB at a time
   (linear time: 16 MiB should take about 4x the 4 MiB time), and a 20 MiB line against
   the default 16 MiB bound (dropped without buffering it).
+- end to end: EventSource consuming the 100,000-event stream from a local server in
+  another process over loopback, beside launchdarkly-eventsource and httpx-sse consuming
+  the same stream from the same server in the same run.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -212,7 +215,127 @@ def bench_long_event() -> None:
     print(f"  20 MiB line, default 16 MiB bound, dropped: {elapsed * 1000:>6.1f} ms")
 
 
-SECTIONS: list[Callable[[], None]] = [bench_parsers, bench_long_event]
+# --------------------------------------------------------------- end to end over loopback
+
+END_TO_END_REPEATS = 3
+
+
+def serve_stream(body: bytes, conn: Connection) -> None:
+    """A server process: every GET /stream gets ``body`` as text/event-stream, then idles."""
+    import asyncio
+
+    from aiohttp import web
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for start in range(0, len(body), CHUNK_SIZE):
+            await response.write(body[start : start + CHUNK_SIZE])
+        await asyncio.sleep(3600)
+        return response
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/stream", stream)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        conn.send(runner.addresses[0][1])
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def consume_eventsource(url: str) -> str:
+    import asyncio
+
+    from plexd.api.eventsource import EventSource
+
+    async def main() -> str:
+        count = 0
+        async with EventSource(url) as source:
+            async for event in source:
+                count += 1
+                if count == EVENT_COUNT:
+                    return event.data
+        return ""
+
+    return asyncio.run(main())
+
+
+def consume_httpx_sse(url: str) -> str:
+    import httpx
+    from httpx_sse import connect_sse
+
+    count = 0
+    with httpx.Client(timeout=None) as client, connect_sse(client, "GET", url) as source:
+        for event in source.iter_sse():
+            count += 1
+            if count == EVENT_COUNT:
+                return event.data
+    return ""
+
+
+def consume_launchdarkly(url: str) -> str:
+    from ld_eventsource import SSEClient
+    from ld_eventsource.config import ConnectStrategy
+
+    count = 0
+    client = SSEClient(ConnectStrategy.http(url))
+    try:
+        for event in client.events:
+            count += 1
+            if count == EVENT_COUNT:
+                return event.data
+    finally:
+        client.close()
+    return ""
+
+
+CLIENTS: list[tuple[str, Callable[[str], str]]] = [
+    ("plexd-api EventSource", consume_eventsource),
+    ("launchdarkly-eventsource", consume_launchdarkly),
+    ("httpx-sse (httpx)", consume_httpx_sse),
+]
+
+
+def bench_end_to_end() -> None:
+    """Each client consumes the same 100,000-event stream from one local server process."""
+    import multiprocessing
+
+    body = make_stream(EVENT_COUNT)
+    ours, theirs = multiprocessing.Pipe()
+    server = multiprocessing.Process(target=serve_stream, args=(body, theirs), daemon=True)
+    server.start()
+    url = f"http://127.0.0.1:{ours.recv()}/stream"
+    try:
+        expected = envelope_json(EVENT_COUNT - 1)
+        for name, consume in CLIENTS:
+            if consume(url) != expected:
+                raise SystemExit(f"{name} did not deliver the stream intact")
+        runs = {name: partial(consume, url) for name, consume in CLIENTS}
+        seconds = best_times(runs, END_TO_END_REPEATS)
+    finally:
+        ours.send("stop")
+        server.join(5)
+    print(
+        f"end to end over loopback: {EVENT_COUNT:,} events from a server process, "
+        f"best of {END_TO_END_REPEATS}"
+    )
+    rates = {name: EVENT_COUNT / seconds[name] for name, _ in CLIENTS}
+    for name, _ in CLIENTS:
+        print(f"  {name:26s} {rates[name]:>12,.0f} events/s  {seconds[name] * 1000:>7.1f} ms")
+    ours_rate = rates[CLIENTS[0][0]]
+    peer, peer_rate = max(
+        ((name, rate) for name, rate in rates.items() if name != CLIENTS[0][0]),
+        key=lambda item: item[1],
+    )
+    print(f"  ratio to the fastest peer ({peer}): {ours_rate / peer_rate:.2f}x")
+
+
+SECTIONS: list[Callable[[], None]] = [bench_parsers, bench_long_event, bench_end_to_end]
 
 
 def main(sections: Iterable[Callable[[], None]] = SECTIONS) -> None:
