@@ -1,1 +1,61 @@
-"""plexd.emulator: a local Plexsphere control plane for development and tests."""
+"""plexd.emulator: a local Plexsphere control plane for development and tests.
+
+    async with Emulator() as emulator:
+        node_id, token = emulator.register_node("web-1")
+        emulator.publish(node_id, "peer_added", {"id": "peer-1"})
+
+See :class:`Emulator` for the Python API, :mod:`plexd.emulator.admin` for the
+admin HTTP API, :class:`Faults` for fault injection, and ``python -m plexd.emulator``.
+
+The names below are imported on first use, so that loading the pytest plugin
+(``plexd.emulator.pytest_plugin``) does not import aiohttp and the rest.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .exchange import RecordedCall
+    from .faults import ALL_NODES, Faults
+    from .node_api import CHECKSUM_HEADER
+    from .server import DEFAULT_KEEPALIVE_INTERVAL, Emulator, PublishedEvent, serve
+    from .state import Node
+
+_EXPORTS = {
+    "ALL_NODES": ".faults",
+    "CHECKSUM_HEADER": ".node_api",
+    "DEFAULT_KEEPALIVE_INTERVAL": ".server",
+    "Emulator": ".server",
+    "Faults": ".faults",
+    "Node": ".state",
+    "PublishedEvent": ".server",
+    "RecordedCall": ".exchange",
+    "serve": ".server",
+}
+
+__all__ = [
+    "ALL_NODES",
+    "CHECKSUM_HEADER",
+    "DEFAULT_KEEPALIVE_INTERVAL",
+    "Emulator",
+    "Faults",
+    "Node",
+    "PublishedEvent",
+    "RecordedCall",
+    "serve",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

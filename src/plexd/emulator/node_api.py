@@ -1,0 +1,277 @@
+"""The node-facing endpoints of WIRE.md, served from the emulator's in-memory state.
+
+Authorization of a node endpoint, in order: no or unknown bearer token → 401;
+the node in the path does not exist → 404; the token belongs to another node → 403.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, TypeVar
+
+from aiohttp import web
+
+from plexd.api import types as t
+
+from .exchange import Rejected, decode_body, json_response, no_content, read_body
+from .state import Node
+from .stream import StreamConnection, StreamCut
+
+if TYPE_CHECKING:
+    from .server import Emulator
+
+EVENTS_ROUTE = "events"
+CHECKSUM_HEADER = "X-Checksum-SHA256"
+_EVENT_STREAM_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    # Tells a reverse proxy in front of the emulator not to buffer the stream.
+    "X-Accel-Buffering": "no",
+}
+_NODE = "/v1/nodes/{node_id}"
+
+T = TypeVar("T")
+
+
+class NodeAPI:
+    """Request handlers of the node API; state lives in the :class:`Emulator`."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self._emulator = emulator
+
+    def add_routes(self, app: web.Application) -> None:
+        """Register every endpoint of WIRE.md on ``app``."""
+        router = app.router
+        router.add_post("/v1/register", self.register)
+        router.add_post(_NODE + "/heartbeat", self.heartbeat)
+        router.add_post(_NODE + "/deregister", self.deregister)
+        router.add_get(_NODE + "/state", self.fetch_state)
+        router.add_get(_NODE + "/events", self.events, name=EVENTS_ROUTE)
+        router.add_post("/v1/keys/rotate", self.rotate_keys)
+        router.add_put(_NODE + "/capabilities", self.update_capabilities)
+        router.add_put(_NODE + "/endpoint", self.report_endpoint)
+        router.add_post(_NODE + "/drift", self.report_drift)
+        router.add_get(_NODE + "/secrets/{key}", self.fetch_secret)
+        router.add_post(_NODE + "/report", self.sync_reports)
+        router.add_post(_NODE + "/executions/{execution_id}/ack", self.ack_execution)
+        router.add_post(_NODE + "/executions/{execution_id}/result", self.report_result)
+        router.add_post(_NODE + "/metrics", self.report_metrics)
+        router.add_post(_NODE + "/logs", self.report_logs)
+        router.add_post(_NODE + "/audit", self.report_audit)
+        router.add_get("/v1/artifacts/plexd/{version}/{os}/{arch}", self.fetch_artifact)
+        router.add_get("/v1/ping", self.ping)
+
+    def _node(self, request: web.Request) -> Node:
+        return self._emulator.authorize(request, request.match_info["node_id"])
+
+    async def _body(self, request: web.Request, type: type[T]) -> T:
+        return decode_body(await read_body(request), type)
+
+    # --- registration and liveness ------------------------------------------
+
+    async def register(self, request: web.Request) -> web.Response:
+        """Exchange a bootstrap token for a node id and the node's own bearer token."""
+        req = await self._body(request, t.RegisterRequest)
+        emulator = self._emulator
+        if not emulator.is_bootstrap_token(req.token):
+            raise Rejected(401, "unknown bootstrap token", {"WWW-Authenticate": "Bearer"})
+        node = emulator.create_node(
+            hostname=req.hostname,
+            public_key=req.public_key,
+            metadata=req.metadata,
+            capabilities=req.capabilities,
+        )
+        return json_response(
+            t.RegisterResponse(
+                node_id=node.id,
+                mesh_ip=node.mesh_ip,
+                signing_public_key=emulator.signing_public_key,
+                node_secret_key=node.token,
+                peers=emulator.peers_of(node),
+            )
+        )
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        """Record a heartbeat; answer whether the node should reconcile or rotate keys."""
+        node = self._node(request)
+        req = await self._body(request, t.HeartbeatRequest)
+        if req.node_id and req.node_id != node.id:
+            raise Rejected(400, "node_id in the body does not match the path")
+        node.heartbeats.append(req)
+        return json_response(
+            t.HeartbeatResponse(reconcile=node.reconcile, rotate_keys=node.rotate_keys)
+        )
+
+    async def deregister(self, request: web.Request) -> web.Response:
+        """Forget the node; its token stops working and its streams end."""
+        node = self._node(request)
+        self._emulator.remove_node(node.id)
+        return no_content()
+
+    async def ping(self, request: web.Request) -> web.Response:
+        """Answer 200: the control plane is up."""
+        return web.Response(status=200)
+
+    # --- state and secrets --------------------------------------------------
+
+    async def fetch_state(self, request: web.Request) -> web.Response:
+        """The node's full desired state; fetching it satisfies a pending ``reconcile``."""
+        node = self._node(request)
+        node.reconcile = False
+        emulator = self._emulator
+        return json_response(
+            t.StateResponse(
+                peers=emulator.peers_of(node),
+                policies=node.policies,
+                signing_keys=emulator.signing_keys,
+                metadata=node.metadata,
+                data=list(node.data.values()),
+                secret_refs=[
+                    t.SecretRef(key=secret.key, version=secret.version)
+                    for secret in node.secrets.values()
+                ],
+            )
+        )
+
+    async def fetch_secret(self, request: web.Request) -> web.Response:
+        """One of the node's secrets, 404 when it has none under that key."""
+        node = self._node(request)
+        secret = node.secrets.get(request.match_info["key"])
+        if secret is None:
+            raise Rejected(404, "no such secret")
+        return json_response(secret)
+
+    # --- keys, capabilities, endpoint -----------------------------------------
+
+    async def rotate_keys(self, request: web.Request) -> web.Response:
+        """Take the node's new public key; satisfies a pending ``rotate_keys``."""
+        emulator = self._emulator
+        caller = emulator.authenticate(request)
+        req = await self._body(request, t.KeyRotateRequest)
+        node = emulator.authorize(request, req.node_id or caller.id)
+        node.public_key = req.new_public_key
+        node.rotate_keys = False
+        node.key_rotations.append(req)
+        return json_response(t.KeyRotateResponse(updated_peers=emulator.peers_of(node)))
+
+    async def update_capabilities(self, request: web.Request) -> web.Response:
+        """Store what the node can do."""
+        node = self._node(request)
+        node.capabilities = await self._body(request, t.CapabilitiesPayload)
+        return no_content()
+
+    async def report_endpoint(self, request: web.Request) -> web.Response:
+        """Store the node's public endpoint; answer with the other nodes' endpoints."""
+        node = self._node(request)
+        node.endpoint = await self._body(request, t.EndpointReport)
+        peers = [
+            t.PeerEndpoint(peer_id=peer.id, endpoint=peer.endpoint.public_endpoint)
+            for peer in self._emulator.nodes.values()
+            if peer is not node and peer.endpoint and peer.endpoint.public_endpoint
+        ]
+        return json_response(t.EndpointResponse(peer_endpoints=peers))
+
+    # --- reports ----------------------------------------------------------------
+
+    async def report_drift(self, request: web.Request) -> web.Response:
+        """Store a drift report."""
+        node = self._node(request)
+        node.drift.append(await self._body(request, t.DriftReport))
+        return no_content()
+
+    async def sync_reports(self, request: web.Request) -> web.Response:
+        """Upsert the node's report entries by key and drop the deleted keys."""
+        node = self._node(request)
+        req = await self._body(request, t.ReportSyncRequest)
+        for entry in req.entries:
+            node.reports[entry.key] = entry
+        for key in req.deleted:
+            node.reports.pop(key, None)
+        return no_content()
+
+    async def ack_execution(self, request: web.Request) -> web.Response:
+        """Store an execution's acknowledgement under the path's execution id."""
+        node = self._node(request)
+        ack = await self._body(request, t.ExecutionAck)
+        node.acks[self._execution_id(request, ack.execution_id)] = ack
+        return no_content()
+
+    async def report_result(self, request: web.Request) -> web.Response:
+        """Store an execution's result under the path's execution id."""
+        node = self._node(request)
+        result = await self._body(request, t.ExecutionResult)
+        node.results[self._execution_id(request, result.execution_id)] = result
+        return no_content()
+
+    def _execution_id(self, request: web.Request, in_body: str) -> str:
+        execution_id = request.match_info["execution_id"]
+        if in_body and in_body != execution_id:
+            raise Rejected(400, "execution_id in the body does not match the path")
+        return execution_id
+
+    async def report_metrics(self, request: web.Request) -> web.Response:
+        """Store a batch of metric points."""
+        node = self._node(request)
+        node.metrics.extend(await self._body(request, list[t.MetricPoint]))
+        return no_content()
+
+    async def report_logs(self, request: web.Request) -> web.Response:
+        """Store a batch of log entries."""
+        node = self._node(request)
+        node.logs.extend(await self._body(request, list[t.LogEntry]))
+        return no_content()
+
+    async def report_audit(self, request: web.Request) -> web.Response:
+        """Store a batch of audit entries."""
+        node = self._node(request)
+        node.audit.extend(await self._body(request, list[t.AuditEntry]))
+        return no_content()
+
+    # --- artifacts ----------------------------------------------------------------
+
+    async def fetch_artifact(self, request: web.Request) -> web.Response:
+        """A deterministic blob for any version/os/arch, with its SHA-256 in a header."""
+        self._emulator.authenticate(request)
+        info = request.match_info
+        blob = self._emulator.artifact(info["version"], info["os"], info["arch"])
+        return web.Response(
+            body=blob,
+            content_type="application/octet-stream",
+            headers={CHECKSUM_HEADER: hashlib.sha256(blob).hexdigest()},
+        )
+
+    # --- the event stream -----------------------------------------------------------
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """Stream the node's events after ``Last-Event-ID`` and then live ones as published."""
+        node = self._node(request)
+        emulator = self._emulator
+        plan = emulator.take_stream_plan(node.id)
+        response = web.StreamResponse(headers=_EVENT_STREAM_HEADERS)
+        await response.prepare(request)
+        emulator.mark_answered(request, response.status)
+        log = node.events
+        stream = StreamConnection(
+            log,
+            log.start_index(request.headers.get("Last-Event-ID", "")),
+            response.write,
+            lambda: emulator.applicable_faults(node.id),
+            keepalive_interval=emulator.keepalive_interval,
+            retry_ms=emulator.retry_ms,
+            plan=plan,
+        )
+        log.streams.add(stream)
+        emulator.streams_changed()
+        try:
+            await stream.run()
+        except StreamCut:
+            # close() (not abort()) delivers what was written, then drops the
+            # connection without the chunked body's end: the client sees a cut.
+            if request.transport is not None:
+                request.transport.close()
+        except ConnectionError:
+            pass  # the client went away
+        finally:
+            log.streams.discard(stream)
+            emulator.streams_changed()
+        return response
