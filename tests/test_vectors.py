@@ -28,7 +28,7 @@ _HERE = Path(__file__).parent
 # A copy of the contract's shared/vectors/signed_envelopes.json, kept in the repo so the
 # suite runs anywhere; test_vectors_match_the_shared_contract catches drift.
 VECTOR_FILE = _HERE / "vectors" / "signed_envelopes.json"
-SHARED_VECTOR_FILE = _HERE.parents[1] / ".." / "shared" / "vectors" / "signed_envelopes.json"
+SHARED_VECTOR_FILE = _HERE.parents[1] / "shared" / "vectors" / "signed_envelopes.json"
 
 
 def _load_vectors() -> dict[str, Any]:
