@@ -43,7 +43,7 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def serve(cert_dir: str, conn: Connection) -> None:
+def serve(cert_dir: str, tickets: bool, conn: Connection) -> None:
     raise_fd_limit()
 
     async def events(request: web.Request) -> web.StreamResponse:
@@ -56,6 +56,8 @@ def serve(cert_dir: str, conn: Connection) -> None:
     async def main() -> None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(os.path.join(cert_dir, "server.pem"))
+        if not tickets:
+            context.num_tickets = 0
         app = web.Application()
         app.router.add_get(f"/v1/nodes/{NODE}/events", events)
         runner = web.AppRunner(app, shutdown_timeout=0.1)
@@ -128,6 +130,11 @@ async def aiohttp_streams(url: str, ca_file: str, count: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument(
+        "--no-tickets",
+        action="store_true",
+        help="the server sends no TLS 1.3 session tickets (each costs the client memory)",
+    )
     args = parser.parse_args()
     raise_fd_limit()
     authority = trustme.CA()
@@ -138,7 +145,9 @@ def main() -> None:
         ca_file = os.path.join(cert_dir, "ca.pem")
         authority.cert_pem.write_to_path(ca_file)
         ours, theirs = multiprocessing.Pipe()
-        server = multiprocessing.Process(target=serve, args=(cert_dir, theirs), daemon=True)
+        server = multiprocessing.Process(
+            target=serve, args=(cert_dir, not args.no_tickets, theirs), daemon=True
+        )
         server.start()
         port = ours.recv()
         url = f"https://127.0.0.1:{port}"
@@ -149,7 +158,8 @@ def main() -> None:
         finally:
             ours.send("stop")
             server.join(5)
-    print(f"bench_memory: {args.streams:,} idle TLS event streams in one process")
+    tickets = "no session tickets" if args.no_tickets else "TLS 1.3 session tickets on"
+    print(f"bench_memory: {args.streams:,} idle TLS event streams in one process ({tickets})")
     print(f"{'client':<48}{'KiB/stream':>12}")
     print(f"{'plexd-api SSEManager (one ControlPlane each)':<48}{plexd:>12.1f}")
     print(f"{'aiohttp defaults (one session + TLS context each)':<48}{baseline:>12.1f}")
