@@ -386,6 +386,9 @@ class ControlPlane:
                 timeout=self._call_timeout,
                 auto_decompress=False,
                 trust_env=False,
+                # The control plane authenticates by token; cookies would only be state
+                # that leaks between calls (and memory, for thousands of clients).
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
