@@ -1,0 +1,624 @@
+"""The click commands of ``plexd-api`` (imported only when the command runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import shlex
+import signal
+import socket
+import ssl
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+import nacl.public
+
+from plexd.api import __version__
+from plexd.api.client import ControlPlane, build_ssl_context
+from plexd.api.config import Config
+from plexd.api.errors import ConfigError
+from plexd.api.types import HeartbeatRequest, RegisterRequest
+from plexd.api.verify import Ed25519Verifier, EventVerifier, NoOpVerifier
+
+from . import PROG
+from .errors import EXIT_CODES_HELP
+from .output import OneLineFormatter, StreamEndingFailureFilter, json_document
+
+if TYPE_CHECKING:
+    from plexd.emulator import Emulator
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+# The logger the library and the emulator log under ("plexd.api", "plexd.emulator").
+LOGGER = "plexd"
+_CONNECTION_KEY = "plexd.cli.connection"
+
+EPILOG = f"""\b
+Environment:
+  PLEXD_BASE_URL         --base-url
+  PLEXD_TOKEN            --token (the node's token, from register)
+  PLEXD_NODE_ID          --node-id
+  PLEXD_VERIFY_KEY       watch --verify-key (the signing key, from register)
+  PLEXD_BOOTSTRAP_TOKEN  register --bootstrap-token
+  PLEXD_CA_FILE          --ca-file
+  PLEXD_DEBUG=1          print the traceback of an unexpected error
+
+\b
+{EXIT_CODES_HELP}"""
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+# --- shared plumbing --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the control plane is and how to talk to it, from the connection options."""
+
+    base_url: str
+    token: str
+    ca_file: str | None
+    insecure: bool
+    timeout: float
+
+    def client(self, *, sse_idle_timeout: float = 0) -> ControlPlane:
+        """A ControlPlane with these settings and the token set."""
+        config = Config(
+            base_url=self.base_url,
+            tls_insecure_skip_verify=self.insecure,
+            request_timeout=self.timeout,
+            sse_idle_timeout=sse_idle_timeout,
+        )
+        client = ControlPlane(
+            config, __version__, logging.getLogger(LOGGER), ssl_context=self._ssl_context()
+        )
+        client.set_auth_token(self.token)
+        return client
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.ca_file is None:
+            return None
+        context = build_ssl_context()
+        try:
+            context.load_verify_locations(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"--ca-file {self.ca_file}: not a usable CA certificate: {exc}"
+            ) from None
+        return context
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta.setdefault(_CONNECTION_KEY, {})[param.name] = value
+    return value
+
+
+def connection_options(*, token: bool = True, token_required: bool = True) -> Callable[[F], F]:
+    """The options of every command that talks to a control plane (see :func:`connection`)."""
+
+    def decorate(f: F) -> F:
+        shared: dict[str, Any] = {"expose_value": False, "callback": _remember}
+        options = [
+            click.option(
+                "--base-url",
+                envvar="PLEXD_BASE_URL",
+                show_envvar=True,
+                required=True,
+                metavar="URL",
+                help="The control plane, e.g. http://127.0.0.1:8080.",
+                **shared,
+            ),
+            click.option(
+                "--token",
+                envvar="PLEXD_TOKEN",
+                show_envvar=True,
+                required=token_required,
+                default="",
+                hidden=not token,
+                metavar="TOKEN",
+                help="The node's bearer token (register prints it once).",
+                **shared,
+            ),
+            click.option(
+                "--ca-file",
+                envvar="PLEXD_CA_FILE",
+                show_envvar=True,
+                type=click.Path(exists=True, dir_okay=False),
+                help="Also trust this CA (PEM), e.g. the one `plexd-api emulator --tls` prints.",
+                **shared,
+            ),
+            click.option(
+                "--insecure",
+                is_flag=True,
+                help="Do not verify the server's TLS certificate (testing only).",
+                **shared,
+            ),
+            click.option(
+                "--timeout",
+                type=click.FloatRange(min=0),
+                default=0,
+                metavar="SECONDS",
+                help="Bound on each request (0: 30 s).",
+                **shared,
+            ),
+        ]
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def connection() -> Connection:
+    """The connection options of the running command."""
+    values = click.get_current_context().meta[_CONNECTION_KEY]
+    return Connection(
+        base_url=values["base_url"],
+        token=values.get("token") or "",
+        ca_file=values.get("ca_file"),
+        insecure=bool(values.get("insecure")),
+        timeout=float(values.get("timeout") or 0),
+    )
+
+
+node_id_option = click.option(
+    "--node-id",
+    envvar="PLEXD_NODE_ID",
+    show_envvar=True,
+    required=True,
+    metavar="ID",
+    help="The node's id (register prints it).",
+)
+show_secrets_option = click.option(
+    "--show-secrets",
+    is_flag=True,
+    help="Print secret fields (tokens, pre-shared keys, ciphertext) instead of ***.",
+)
+
+
+def run_until_interrupted(coroutine: Coroutine[Any, Any, T]) -> T | None:
+    """Run ``coroutine``; Ctrl-C or SIGTERM cancel it and count as a clean end (None)."""
+    try:
+        return asyncio.run(_interruptible(coroutine))
+    except KeyboardInterrupt:
+        # Where the loop cannot take the signal itself (no add_signal_handler).
+        return None
+
+
+async def _interruptible(coroutine: Coroutine[Any, Any, T]) -> T | None:
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(coroutine)
+    interrupted = False
+
+    def interrupt() -> None:
+        nonlocal interrupted
+        interrupted = True
+        task.cancel()
+
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, interrupt)
+            installed.append(signum)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if interrupted:
+            return None
+        raise
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+def _print_json(value: Any, show_secrets: bool = False) -> None:
+    click.echo(json_document(value, show_secrets=show_secrets))
+
+
+def _configure_logging(verbose: int) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter(PROG))
+    handler.addFilter(StreamEndingFailureFilter())
+    logger = logging.getLogger(LOGGER)
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
+
+
+# --- the commands -------------------------------------------------------------------------
+
+
+@click.group(context_settings=_CONTEXT, epilog=EPILOG, no_args_is_help=True)
+@click.version_option(__version__, "-V", "--version", prog_name=PROG)
+@click.option("-v", "--verbose", count=True, help="Log more (-v: connection changes, -vv: all).")
+def cli(verbose: int) -> None:
+    """Talk to a Plexsphere control plane as a node: register, heartbeat, fetch state and
+    secrets, watch the signed event stream, download artifacts; or run a local emulator."""
+    _configure_logging(verbose)
+
+
+def command(f: Callable[..., Any]) -> click.Command:
+    """A subcommand of ``plexd-api`` with the shared epilog."""
+    return cli.command(epilog=EPILOG)(f)
+
+
+@command
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port (0: any free port).",
+)
+@click.option("--tls", is_flag=True, help="Serve HTTPS with a CA generated at start.")
+@click.option(
+    "--tls-dir",
+    type=click.Path(file_okay=False),
+    help="Where to write the CA file (default: a temporary directory, removed at exit).",
+)
+@click.option(
+    "--bootstrap-token",
+    "tokens",
+    multiple=True,
+    metavar="TOKEN",
+    help="A token registration accepts (repeatable; default: one random token).",
+)
+@click.option("--admin-token", help="Token of the /_emulator/ admin API (default: loopback only).")
+@click.option("--retry-ms", type=click.IntRange(min=0), help="Send 'retry: MS' on every stream.")
+def emulator(
+    host: str,
+    port: int,
+    tls: bool,
+    tls_dir: str | None,
+    tokens: tuple[str, ...],
+    admin_token: str | None,
+    retry_ms: int | None,
+) -> None:
+    """Run a local control plane (in memory) until Ctrl-C.
+
+    It prints its URL, its event signing key, the bootstrap token(s) and, with --tls, the
+    CA file to trust (--ca-file / PLEXD_CA_FILE).
+    """
+    from plexd.emulator import serve
+
+    run_until_interrupted(
+        serve(
+            host,
+            port,
+            tls=tls,
+            tokens=tokens or None,
+            ready=_announce,
+            admin_token=admin_token,
+            tls_dir=tls_dir,
+            retry_ms=retry_ms,
+        )
+    )
+    click.echo("emulator stopped", err=True)
+
+
+def _announce(emulator: Emulator) -> None:
+    click.echo(f"plexd emulator listening on {emulator.url}")
+    click.echo(f"signing public key: {emulator.signing_public_key}")
+    for token in emulator.bootstrap_tokens:
+        click.echo(f"bootstrap token: {token}")
+    if emulator.ca_file is not None:
+        click.echo(f"CA file: {emulator.ca_file}")
+    click.echo(f"export PLEXD_BASE_URL={shlex.quote(emulator.url)}")
+    if emulator.ca_file is not None:
+        click.echo(f"export PLEXD_CA_FILE={shlex.quote(str(emulator.ca_file))}")
+    click.echo("press Ctrl-C to stop")
+
+
+@command
+@connection_options(token_required=False)
+def ping() -> None:
+    """Check that the control plane answers (GET /v1/ping)."""
+    conn = connection()
+
+    async def call() -> None:
+        async with conn.client() as client:
+            await client.ping()
+
+    asyncio.run(call())
+    click.echo(f"{conn.base_url} is up")
+
+
+@command
+@connection_options(token=False, token_required=False)
+@click.option(
+    "--bootstrap-token",
+    envvar="PLEXD_BOOTSTRAP_TOKEN",
+    show_envvar=True,
+    required=True,
+    metavar="TOKEN",
+    help="The one-time token that allows registering.",
+)
+@click.option("--hostname", default=socket.gethostname, help="[default: this machine's name]")
+@click.option(
+    "--public-key",
+    help="The node's WireGuard public key, base64 (default: a throwaway random key).",
+)
+@click.option(
+    "-m",
+    "--metadata",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Metadata to register with (repeatable).",
+)
+@show_secrets_option
+def register(
+    bootstrap_token: str,
+    hostname: str,
+    public_key: str | None,
+    metadata: tuple[str, ...],
+    show_secrets: bool,
+) -> None:
+    """Register a node; prints the registration as JSON.
+
+    The node's token is printed once, on stderr, as an `export PLEXD_TOKEN=...` line next
+    to PLEXD_NODE_ID and PLEXD_VERIFY_KEY (nothing is stored); with --show-secrets it is in
+    the JSON instead. Keep it: the control plane does not show it again.
+    """
+    request = RegisterRequest(
+        token=bootstrap_token,
+        public_key=public_key or _throwaway_public_key(),
+        hostname=hostname,
+        metadata=_parse_metadata(metadata),
+    )
+    conn = connection()
+
+    async def call() -> Any:
+        async with conn.client() as client:
+            return await client.register(request)
+
+    response = asyncio.run(call())
+    _print_json(response, show_secrets)
+    click.echo(
+        "# the node's settings for the other commands (the token is shown only here):", err=True
+    )
+    click.echo(f"export PLEXD_NODE_ID={shlex.quote(response.node_id)}", err=True)
+    if not show_secrets:
+        click.echo(f"export PLEXD_TOKEN={shlex.quote(response.node_secret_key)}", err=True)
+    click.echo(f"export PLEXD_VERIFY_KEY={shlex.quote(response.signing_public_key)}", err=True)
+
+
+def _throwaway_public_key() -> str:
+    key = nacl.public.PrivateKey.generate().public_key
+    return base64.b64encode(bytes(key)).decode("ascii")
+
+
+def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
+    metadata = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="'--metadata'")
+        metadata[key] = value
+    return metadata
+
+
+@command
+@connection_options()
+@node_id_option
+@click.option("--status", default="healthy", show_default=True, help="The node's status.")
+@click.option("--uptime", default="", help="How long the node has been up, e.g. 3h2m.")
+@click.option("--binary-checksum", default="", help="Checksum of the running plexd binary.")
+def heartbeat(node_id: str, status: str, uptime: str, binary_checksum: str) -> None:
+    """Send a heartbeat; prints the answer (reconcile, rotate_keys) as JSON."""
+    request = HeartbeatRequest(
+        node_id=node_id,
+        timestamp=datetime.now(UTC),
+        status=status,
+        uptime=uptime,
+        binary_checksum=binary_checksum,
+    )
+    conn = connection()
+
+    async def call() -> Any:
+        async with conn.client() as client:
+            return await client.heartbeat(node_id, request)
+
+    _print_json(asyncio.run(call()))
+
+
+@command
+@connection_options()
+@node_id_option
+@show_secrets_option
+def state(node_id: str, show_secrets: bool) -> None:
+    """Fetch the node's desired state; prints it as JSON (peers' psk masked)."""
+    conn = connection()
+
+    async def call() -> Any:
+        async with conn.client() as client:
+            return await client.fetch_state(node_id)
+
+    _print_json(asyncio.run(call()), show_secrets)
+
+
+@command
+@connection_options()
+@node_id_option
+@click.argument("key")
+@show_secrets_option
+def secret(node_id: str, key: str, show_secrets: bool) -> None:
+    """Fetch the secret KEY; prints it as JSON (ciphertext masked)."""
+    conn = connection()
+
+    async def call() -> Any:
+        async with conn.client() as client:
+            return await client.fetch_secret(node_id, key)
+
+    _print_json(asyncio.run(call()), show_secrets)
+
+
+@command
+@connection_options()
+@node_id_option
+def deregister(node_id: str) -> None:
+    """Deregister the node: its token stops working."""
+    conn = connection()
+
+    async def call() -> None:
+        async with conn.client() as client:
+            await client.deregister(node_id)
+
+    asyncio.run(call())
+    click.echo(f"node {node_id} deregistered")
+
+
+@command
+@connection_options()
+@node_id_option
+@click.option(
+    "--verify-key",
+    envvar="PLEXD_VERIFY_KEY",
+    show_envvar=True,
+    metavar="KEY",
+    help="The control plane's signing public key, base64 (register prints it).",
+)
+@click.option("--no-verify", is_flag=True, help="Accept events unverified (testing only).")
+@click.option("--last-event-id", default="", help="Resume after this event id.")
+@click.option(
+    "-n", "--count", type=click.IntRange(min=1), help="Exit after printing this many events."
+)
+@click.option(
+    "--reconnect-delay",
+    type=click.FloatRange(min=0.001),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="First wait before reconnecting; doubles per failure.",
+)
+@click.option(
+    "--max-reconnect-delay",
+    type=click.FloatRange(min=0.001),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest wait between reconnects.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0),
+    default=0,
+    metavar="SECONDS",
+    help="Reconnect when the stream is silent this long (0: 90 s).",
+)
+def watch(
+    node_id: str,
+    verify_key: str | None,
+    no_verify: bool,
+    last_event_id: str,
+    count: int | None,
+    reconnect_delay: float,
+    max_reconnect_delay: float,
+    idle_timeout: float,
+) -> None:
+    """Stream the node's events, one JSON line each (event_type, event_id, issued_at,
+    payload), until Ctrl-C.
+
+    Every event's signature is checked with --verify-key; a signing_key_rotated event
+    switches to the new key. Events that fail verification are skipped with a warning on
+    stderr. Dropped connections are resumed where they stopped (Last-Event-ID).
+    """
+    verifier = _verifier(verify_key, no_verify)
+    conn = connection()
+
+    async def stream() -> None:
+        from .watch import watch_events
+
+        async with conn.client(sse_idle_timeout=idle_timeout) as client:
+            await watch_events(
+                client,
+                node_id,
+                verifier,
+                logging.getLogger(LOGGER),
+                last_event_id=last_event_id,
+                limit=count,
+                reconnect_delay=reconnect_delay,
+                max_reconnect_delay=max_reconnect_delay,
+            )
+
+    run_until_interrupted(stream())
+
+
+def _verifier(verify_key: str | None, no_verify: bool) -> EventVerifier:
+    if no_verify:
+        if verify_key:
+            raise click.UsageError("--no-verify and --verify-key exclude each other")
+        logging.getLogger(LOGGER).warning("event signatures are NOT verified (--no-verify)")
+        return NoOpVerifier()
+    if not verify_key:
+        raise click.UsageError(
+            "--verify-key (or PLEXD_VERIFY_KEY) is required: the signing key register "
+            "printed; --no-verify skips verification"
+        )
+    try:
+        return Ed25519Verifier(verify_key, logger=logging.getLogger(LOGGER))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--verify-key'") from None
+
+
+@command
+@connection_options()
+@click.argument("version")
+@click.argument("os_name", metavar="OS")
+@click.argument("arch")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Where to write it [default: ./plexd-VERSION-OS-ARCH].",
+)
+@click.option("--sha256", metavar="HEX", help="The expected SHA-256 (besides the server's).")
+def artifact(
+    version: str, os_name: str, arch: str, output: Path | None, sha256: str | None
+) -> None:
+    """Download the plexd binary VERSION for OS/ARCH, checking its SHA-256 against the
+    server's checksum header; nothing is left at --output when it does not match."""
+    from .artifact import download_artifact
+
+    target = output or Path(f"plexd-{version}-{os_name}-{arch}")
+    conn = connection()
+
+    async def call() -> Any:
+        async with conn.client() as client:
+            return await download_artifact(client, version, os_name, arch, target, sha256=sha256)
+
+    done = asyncio.run(call())
+    click.echo(f"wrote {done.path} ({done.size} bytes, SHA-256 {done.sha256} verified)")
+
+
+@command
+def demo() -> int:
+    """Run the library end to end against an in-process emulator (what `make demo` runs).
+
+    Exits 0 when every step met its expectations, 1 otherwise.
+    """
+    from rich.console import Console
+    from rich.text import Text
+
+    from plexd.demo import FAIL, OK, run_demo
+
+    console = Console(highlight=False, soft_wrap=True)
+    styles = {OK: "green", FAIL: "bold red"}
+
+    def say(line: str) -> None:
+        text = Text(line)
+        for marker, style in styles.items():
+            if line.startswith(marker):
+                text.stylize(style, 0, len(marker))
+        console.print(text)
+
+    report = asyncio.run(run_demo(say))
+    return 0 if report.passed else 1

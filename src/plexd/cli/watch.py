@@ -1,0 +1,104 @@
+"""``plexd-api watch``: the node's events through SSEManager, one JSON line each."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from plexd.api.client import ControlPlane
+from plexd.api.errors import PlexdError
+from plexd.api.manager import SSEManager
+from plexd.api.types import EventType, SignedEnvelope
+from plexd.api.verify import Ed25519Verifier, EventVerifier
+
+from .output import event_line
+
+
+class EventPrinter:
+    """The handler of every event type: follows key rotations, prints, counts.
+
+    With ``limit`` it stops ``manager`` once that many events were printed. A reader
+    that goes away (a closed pipe, as with ``| head``) stops it too.
+    """
+
+    def __init__(
+        self,
+        manager: SSEManager,
+        verifier: EventVerifier | None,
+        logger: logging.Logger,
+        *,
+        limit: int | None = None,
+        write: Callable[[str], None] | None = None,
+    ) -> None:
+        self._manager = manager
+        self._verifier = verifier
+        self._log = logger
+        self._limit = limit
+        self._write = write or _write_stdout
+        self.printed = 0
+        self.done = False
+
+    def __call__(self, envelope: SignedEnvelope) -> None:
+        if self.done:
+            # shutdown() takes effect at the manager's next wait: the rest of an
+            # already received chunk is still dispatched, and must not be printed.
+            return
+        if envelope.event_type == EventType.SIGNING_KEY_ROTATED:
+            self._follow_rotation(envelope)
+        try:
+            self._write(event_line(envelope))
+        except BrokenPipeError:
+            self._stop()
+            return
+        self.printed += 1
+        if self._limit is not None and self.printed >= self._limit:
+            self._stop()
+
+    def _stop(self) -> None:
+        self.done = True
+        self._manager.shutdown()
+
+    def _follow_rotation(self, envelope: SignedEnvelope) -> None:
+        if not isinstance(self._verifier, Ed25519Verifier):
+            return
+        try:
+            self._verifier.update_from_event(envelope)
+        except PlexdError as exc:
+            self._log.warning(
+                "ignoring signing_key_rotated event %s: %s",
+                envelope.event_id,
+                exc,
+                extra={"event_id": envelope.event_id},
+            )
+        else:
+            self._log.info("signing key rotated", extra={"event_id": envelope.event_id})
+
+
+def _write_stdout(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def watch_events(
+    client: ControlPlane,
+    node_id: str,
+    verifier: EventVerifier | None,
+    logger: logging.Logger,
+    *,
+    last_event_id: str = "",
+    limit: int | None = None,
+    reconnect_delay: float | None = None,
+    max_reconnect_delay: float | None = None,
+) -> int:
+    """Stream the node's events until ``limit`` events, shutdown or a permanent failure
+    (raised). Returns how many events were printed."""
+    manager = SSEManager(client, verifier, logger)
+    if reconnect_delay is not None and max_reconnect_delay is not None:
+        manager.set_reconnect_intervals(reconnect_delay, max_reconnect_delay)
+    manager.last_event_id = last_event_id
+    printer = EventPrinter(manager, verifier, logger, limit=limit)
+    for event_type in EventType:
+        manager.register_handler(event_type, printer)
+    await manager.start(node_id)
+    return printer.printed

@@ -1,0 +1,74 @@
+"""The demo scenario (what `make demo` runs): in process, and as the `demo` command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from plexd.api import EventType
+from plexd.demo import FAIL, OK, run_demo
+from plexd.emulator import ALL_NODES, Emulator
+
+# Bounds the subprocess run, so that a hanging demo fails instead of blocking.
+WAIT = 30.0
+
+
+async def test_demo_passes_every_step_and_accounts_for_every_event() -> None:
+    lines: list[str] = []
+    report = await run_demo(lines.append)
+    assert report.passed, "\n".join(lines)
+    assert report.lines == lines
+    assert report.event_types == {str(event_type) for event_type in EventType}
+    # 11 + 5 replayed + rotation + 3 + tampered + 1; the tampered one is not delivered.
+    assert (report.published, report.delivered, report.rejected) == (22, 21, 1)
+    assert report.connections == 2
+    assert lines[0].startswith("plexd-api demo: control plane emulator on http://127.0.0.1:")
+    steps = [line for line in lines if line.startswith((OK, FAIL))]
+    assert len(steps) == 9 and all(line.startswith(OK) for line in steps)
+    text = "\n".join(lines)
+    assert "resumed with Last-Event-ID: 11" in text
+    assert "the verifier took it from the signing_key_rotated event" in text
+    assert "log warning: skipping unverifiable policy_updated event 21" in text
+    assert lines[-2].startswith("summary: 12/12 event types verified; 22 events published")
+    assert lines[-1] == "demo passed"
+
+
+async def test_demo_reports_the_failed_step_and_stops_there() -> None:
+    async with Emulator() as emulator:
+        emulator.set_faults(ALL_NODES, status=500, status_scope="all")
+        lines: list[str] = []
+        report = await run_demo(lines.append, emulator=emulator)
+    assert not report.passed
+    assert report.failure.startswith("register: POST /v1/register: HTTP 500")
+    assert [line for line in lines if line.startswith((OK, FAIL))] == [f"{FAIL} {report.failure}"]
+    assert lines[-1] == f"demo FAILED: {report.failure}"
+
+
+async def test_demo_command_exits_0_with_output_readable_in_a_log_file() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLEXD_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "plexd.cli",
+        "demo",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        async with asyncio.timeout(WAIT):
+            out, err = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.communicate()
+        raise
+    text = out.decode()
+    assert process.returncode == 0, text + err.decode()
+    assert err == b""
+    assert "\x1b" not in text  # no terminal escapes when not a terminal
+    lines = text.splitlines()
+    assert sum(line.startswith(OK) for line in lines) == 9
+    # Long lines stay whole: no wrapping at a terminal width.
+    assert any(len(line) > 120 for line in lines)
+    assert lines[-1] == "demo passed"
