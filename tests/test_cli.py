@@ -307,33 +307,33 @@ async def test_help_documents_exit_codes_and_environment() -> None:
         assert text in result.stdout
 
 
-async def test_missing_click_or_rich_prints_the_install_hint() -> None:
+async def run_python(code: str) -> Result:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "import sys; sys.modules['rich'] = None\n"
-        "from plexd.cli import main\n"
-        "raise SystemExit(main(['--help']))",
+        code,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=cli_env(),
     )
-    result = await finish(process)
+    return await finish(process)
+
+
+async def test_missing_click_or_rich_prints_the_install_hint() -> None:
+    result = await run_python(
+        "import sys; sys.modules['rich'] = None\n"
+        "from plexd.cli import main\n"
+        "raise SystemExit(main(['--help']))"
+    )
     assert result.returncode == EXIT_FAILURE
     assert "pip install 'plexd-api[cli]'" in assert_one_error_line(result)
 
 
 async def test_importing_plexd_needs_neither_click_nor_rich() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
+    result = await run_python(
         "import sys, plexd.api, plexd.cli, plexd.demo\n"
-        "print(sorted({'click', 'rich'} & set(sys.modules)))",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=cli_env(),
+        "print(sorted({'click', 'rich'} & set(sys.modules)))"
     )
-    result = await finish(process)
     assert result.returncode == EXIT_OK, result.stderr
     assert result.stdout.strip() == "[]"
 

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
-
 from plexd.api import EventType
 from plexd.demo import FAIL, OK, run_demo
 from plexd.emulator import ALL_NODES, Emulator
-
-# Bounds the subprocess run, so that a hanging demo fails instead of blocking.
-WAIT = 30.0
+from test_cli import cli_env, run_cli
 
 
 async def test_demo_passes_every_step_and_accounts_for_every_event() -> None:
@@ -46,28 +40,11 @@ async def test_demo_reports_the_failed_step_and_stops_there() -> None:
 
 
 async def test_demo_command_exits_0_with_output_readable_in_a_log_file() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLEXD_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "plexd.cli",
-        "demo",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
-        async with asyncio.timeout(WAIT):
-            out, err = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.communicate()
-        raise
-    text = out.decode()
-    assert process.returncode == 0, text + err.decode()
-    assert err == b""
-    assert "\x1b" not in text  # no terminal escapes when not a terminal
-    lines = text.splitlines()
+    result = await run_cli("demo", env=cli_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    assert "\x1b" not in result.stdout  # no terminal escapes when not a terminal
+    lines = result.stdout.splitlines()
     assert sum(line.startswith(OK) for line in lines) == 9
     # Long lines stay whole: no wrapping at a terminal width.
     assert any(len(line) > 120 for line in lines)
