@@ -471,3 +471,31 @@ async def test_manager_follows_signing_key_rotation(
     manager.register_handler("peer_added", collector)
     await asyncio.wait_for(manager.start(NODE), 10)
     assert collector.ids == ["evt-1", "evt-new", "evt-4"]
+
+
+async def test_shutdown_from_a_sync_handler_stops_before_the_next_event(
+    event_server: EventServer, client: ControlPlane
+) -> None:
+    event_server.log = [signed_event(n) for n in range(1, 6)]  # all in one chunk
+    manager = fast_manager(client)
+    seen: list[str] = []
+
+    def handler(envelope: SignedEnvelope) -> None:
+        seen.append(envelope.event_id)
+        manager.shutdown()
+
+    manager.register_handler("peer_added", handler)
+    await asyncio.wait_for(manager.start(NODE), 5)
+    assert seen == ["evt-1"]
+    assert manager.last_event_id == "1"  # events 2..5 are replayed on the next start
+
+
+async def test_shutdown_from_the_last_handler_of_a_batch_does_not_wait_for_bytes(
+    event_server: EventServer, client: ControlPlane
+) -> None:
+    event_server.log = [signed_event(1)]  # then the server stays silent
+    manager = fast_manager(client)
+    manager.register_handler("peer_added", lambda envelope: manager.shutdown())
+    await asyncio.wait_for(manager.start(NODE), 1)
+    assert manager.last_event_id == "1"
+    await asyncio.sleep(0.05)  # no stray cancellation reaches the caller afterwards

@@ -118,6 +118,7 @@ class SSEManager:
             on_connected=self._engine.connected,
             on_event=self._engine.event_delivered,
             on_retry=self._engine.server_retry,
+            stop_requested=lambda: self._engine.stopped,
         )
         stream.last_event_id = self._last_event_id
         self._stream = stream

@@ -95,6 +95,10 @@ def always_retry(exc: BaseException) -> FailureAction:
     return FailureAction.RETRY_TRANSIENT
 
 
+class StopRequested(Exception):
+    """Raised by an attempt that saw :attr:`ReconnectEngine.stopped` and stopped early."""
+
+
 class Step(enum.Enum):
     """The kind of a :class:`Decision`."""
 
@@ -310,10 +314,19 @@ class ReconnectEngine:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is loop:
+        if running is not loop:
+            loop.call_soon_threadsafe(self._cancel_run)
+        elif asyncio.current_task() is not task:
             task.cancel()
         else:
-            loop.call_soon_threadsafe(task.cancel)
+            # From inside the run (a handler, a callback): the loop and the attempt see
+            # the flag at their next step; the cancel, a moment later, interrupts a wait
+            # (and is skipped if run() has returned by then, so it never hits the caller).
+            loop.call_soon(self._cancel_run)
+
+    def _cancel_run(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
     @property
     def stopped(self) -> bool:
@@ -322,7 +335,7 @@ class ReconnectEngine:
 
     async def _attempts(self, attempt: Callable[[], Awaitable[None]]) -> None:
         policy = self.policy
-        while True:
+        while not self._stop_requested:
             self._set_state(ConnectionState.CONNECTING)
             policy.attempt_started()
             error: Exception | None = None
@@ -330,6 +343,8 @@ class ReconnectEngine:
                 await attempt()
             except Exception as exc:
                 error = exc
+            if self._stop_requested:
+                return
             action = self._classify(error) if error is not None else None
             decision = policy.after_attempt(error, action, self._clock(), self._jitter())
             if error is not None:
@@ -344,7 +359,7 @@ class ReconnectEngine:
                 continue
             self._set_state(ConnectionState.BACKOFF, delay=decision.delay)
             await self._sleep(decision.delay)
-            if policy.should_start_polling(self._clock()):
+            if not self._stop_requested and policy.should_start_polling(self._clock()):
                 await self._poll_then_wait(policy.poll_interval)
 
     async def _poll_then_wait(self, interval: float) -> None:
@@ -356,7 +371,8 @@ class ReconnectEngine:
                 self._log.warning(
                     "poll failed: %s: %s", type(exc).__name__, exc, extra={"error": str(exc)}
                 )
-        await self._sleep(interval)
+        if not self._stop_requested:
+            await self._sleep(interval)
 
     async def _report(self, error: Exception, decision: Decision) -> None:
         if self.on_failure is not None:

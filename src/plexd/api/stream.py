@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -9,6 +10,7 @@ from .client import ControlPlane, EventStreamResponse
 from .dispatch import EventDispatcher
 from .errors import EnvelopeError, VerificationError
 from .eventsource import run_connection
+from .reconnect import StopRequested
 from .sse import SSEEvent, SSEParser
 from .types import SignedEnvelope, parse_envelope
 from .verify import EventVerifier, NoOpVerifier
@@ -38,6 +40,7 @@ class SSEStream:
         on_connected: Callable[[], None] | None = None,
         on_event: Callable[[], None] | None = None,
         on_retry: Callable[[int], None] | None = None,
+        stop_requested: Callable[[], bool] | None = None,
     ) -> None:
         self._client = client
         self._verifier: EventVerifier = verifier if verifier is not None else NoOpVerifier()
@@ -48,6 +51,7 @@ class SSEStream:
         self._on_connected = on_connected
         self._on_event = on_event
         self._on_retry = on_retry
+        self._stop_requested = stop_requested or (lambda: False)
         self._parser: SSEParser | None = None
         self.last_event_id = ""
 
@@ -82,7 +86,15 @@ class SSEStream:
         # that can be done per batch, and no verify() call at all for a NoOpVerifier.
         verify = None if isinstance(self._verifier, NoOpVerifier) else self._verifier.verify
         dispatch = self._dispatcher.dispatch
+        task = asyncio.current_task()
+        stop_requested = self._stop_requested
         for event in events:
+            # A shutdown from a handler that never suspends would only be noticed at the
+            # next read: stop before the next event, which is then replayed next time.
+            if stop_requested():
+                raise StopRequested
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             try:
                 envelope = parse_envelope(event.data)
             except EnvelopeError as exc:
