@@ -420,3 +420,15 @@ async def test_aclose_is_idempotent_and_ends_iteration(serve) -> None:  # type: 
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(pending, 1)
     assert source.ready_state == "closed"
+
+
+async def test_any_method_with_a_body_and_content_type(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(chunks(b"data: ok\n\n", then_wait=3600))
+    headers = {"Content-Type": "application/json; charset=utf-8"}
+    async with EventSource(
+        server.url, method="REPORT", body=b'{"hello": "world"}', headers=headers
+    ) as source:
+        await take(source, 1)
+    [seen] = server.requests
+    assert (seen.method, seen.body) == ("REPORT", b'{"hello": "world"}')
+    assert seen.headers["Content-Type"] == "application/json; charset=utf-8"
