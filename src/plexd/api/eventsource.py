@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import ssl as ssl_module
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Literal, TypeVar
 
@@ -47,7 +47,7 @@ EVENT_STREAM = "text/event-stream"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
 # Batches of parsed items the connection may read ahead of the consumer.
-_READ_AHEAD = 8
+_READ_AHEAD = 2
 
 StreamOpener = Callable[[], contextlib.AbstractAsyncContextManager[EventStreamResponse]]
 
@@ -160,8 +160,7 @@ class EventSource:
             logger=self._log,
         )
         self._queue: asyncio.Queue[Sequence[_Item]] = asyncio.Queue(_READ_AHEAD)
-        self._batch: Sequence[_Item] = ()
-        self._next = 0
+        self._items: Iterator[_Item] = iter(())
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._response: EventStreamResponse | None = None
@@ -226,22 +225,20 @@ class EventSource:
 
     async def __anext__(self) -> SSEEvent:
         while True:
-            if self._next < len(self._batch):
-                item = self._batch[self._next]
-                self._next += 1
+            # The per-event path: resume the current batch's iterator.
+            for item in self._items:
                 if type(item) is SSEEvent:
                     return item
                 self._report(item)
-                continue
             if self._closed:
                 raise StopAsyncIteration
             self._start()
-            self._batch = await self._queue.get()
-            self._next = 0
-            if self._batch is _END:
+            batch = await self._queue.get()
+            if batch is _END:
                 self._closed = True
                 self.ready_state = "closed"
                 raise StopAsyncIteration
+            self._items = iter(batch)
 
     def _report(self, item: _Item) -> None:
         if isinstance(item, SSEComment):
