@@ -355,7 +355,8 @@ async def test_forbidden_and_not_found_stop_at_once(error: APIError) -> None:
 # --- stop and cancellation ---------------------------------------------------
 
 
-async def test_stop_during_an_attempt_returns_none() -> None:
+async def engine_in_an_attempt() -> tuple[ReconnectEngine, asyncio.Task[None]]:
+    """An engine whose attempt connected and now waits for bytes that never come."""
     engine = ReconnectEngine()
     started = asyncio.Event()
 
@@ -366,6 +367,11 @@ async def test_stop_during_an_attempt_returns_none() -> None:
 
     task = asyncio.create_task(engine.run(attempt))
     await started.wait()
+    return engine, task
+
+
+async def test_stop_during_an_attempt_returns_none() -> None:
+    engine, task = await engine_in_an_attempt()
     assert engine.state is S.CONNECTED
     engine.stop()
     assert await asyncio.wait_for(task, 1) is None
@@ -411,15 +417,7 @@ async def test_stop_during_a_poll_returns_none() -> None:
 
 
 async def test_stop_from_another_thread() -> None:
-    engine = ReconnectEngine()
-    started = asyncio.Event()
-
-    async def attempt() -> None:
-        started.set()
-        await asyncio.sleep(3600)
-
-    task = asyncio.create_task(engine.run(attempt))
-    await started.wait()
+    engine, task = await engine_in_an_attempt()
     thread = threading.Thread(target=engine.stop)
     thread.start()
     thread.join()
@@ -440,30 +438,14 @@ async def test_stop_before_run_returns_at_once() -> None:
 
 
 async def test_cancelling_the_task_propagates() -> None:
-    engine = ReconnectEngine()
-    started = asyncio.Event()
-
-    async def attempt() -> None:
-        started.set()
-        await asyncio.sleep(3600)
-
-    task = asyncio.create_task(engine.run(attempt))
-    await started.wait()
+    _, task = await engine_in_an_attempt()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
 
 async def test_cancel_and_stop_together_still_propagate_the_cancellation() -> None:
-    engine = ReconnectEngine()
-    started = asyncio.Event()
-
-    async def attempt() -> None:
-        started.set()
-        await asyncio.sleep(3600)
-
-    task = asyncio.create_task(engine.run(attempt))
-    await started.wait()
+    engine, task = await engine_in_an_attempt()
     task.cancel()
     engine.stop()
     with pytest.raises(asyncio.CancelledError):
