@@ -7,16 +7,16 @@ import sys
 from collections.abc import Callable
 
 from plexd.api.client import ControlPlane
-from plexd.api.errors import PlexdError
 from plexd.api.manager import SSEManager
 from plexd.api.types import EventType, SignedEnvelope
-from plexd.api.verify import Ed25519Verifier, EventVerifier
+from plexd.api.verify import EventVerifier
 
 from .output import event_line
 
 
 class EventPrinter:
-    """The handler of every event type: follows key rotations, prints, counts.
+    """The handler of every event type: prints and counts (SSEManager itself follows
+    signing key rotations).
 
     With ``limit`` it stops ``manager`` once that many events were printed. A reader
     that goes away (a closed pipe, as with ``| head``) stops it too.
@@ -44,8 +44,6 @@ class EventPrinter:
             # shutdown() takes effect at the manager's next wait: the rest of an
             # already received chunk is still dispatched, and must not be printed.
             return
-        if envelope.event_type == EventType.SIGNING_KEY_ROTATED:
-            self._follow_rotation(envelope)
         try:
             self._write(event_line(envelope))
         except BrokenPipeError:
@@ -58,21 +56,6 @@ class EventPrinter:
     def _stop(self) -> None:
         self.done = True
         self._manager.shutdown()
-
-    def _follow_rotation(self, envelope: SignedEnvelope) -> None:
-        if not isinstance(self._verifier, Ed25519Verifier):
-            return
-        try:
-            self._verifier.update_from_event(envelope)
-        except PlexdError as exc:
-            self._log.warning(
-                "ignoring signing_key_rotated event %s: %s",
-                envelope.event_id,
-                exc,
-                extra={"event_id": envelope.event_id},
-            )
-        else:
-            self._log.info("signing key rotated", extra={"event_id": envelope.event_id})
 
 
 def _write_stdout(line: str) -> None:
