@@ -25,14 +25,12 @@ class EventPrinter:
     def __init__(
         self,
         manager: SSEManager,
-        verifier: EventVerifier | None,
         logger: logging.Logger,
         *,
         limit: int | None = None,
         write: Callable[[str], None] | None = None,
     ) -> None:
         self._manager = manager
-        self._verifier = verifier
         self._log = logger
         self._limit = limit
         self._write = write or _write_stdout
@@ -80,7 +78,7 @@ async def watch_events(
     if reconnect_delay is not None and max_reconnect_delay is not None:
         manager.set_reconnect_intervals(reconnect_delay, max_reconnect_delay)
     manager.last_event_id = last_event_id
-    printer = EventPrinter(manager, verifier, logger, limit=limit)
+    printer = EventPrinter(manager, logger, limit=limit)
     for event_type in EventType:
         manager.register_handler(event_type, printer)
     await manager.start(node_id)
