@@ -539,3 +539,10 @@ async def test_no_secret_in_repr_str_or_log(caplog: pytest.LogCaptureFixture) ->
     shown += [repr(record.__dict__) for record in caplog.records]
     for text in shown:
         assert "SECRET" not in text
+
+
+def test_credentials_in_the_base_url_stay_out_of_repr() -> None:
+    client = ControlPlane(Config(base_url="https://user:hunter2@cp.example/api"), "1.0")
+    assert "hunter2" not in repr(client)
+    assert "user" not in repr(client)
+    assert "cp.example/api" in repr(client)
