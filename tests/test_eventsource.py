@@ -432,3 +432,21 @@ async def test_any_method_with_a_body_and_content_type(serve) -> None:  # type: 
     [seen] = server.requests
     assert (seen.method, seen.body) == ("REPORT", b'{"hello": "world"}')
     assert seen.headers["Content-Type"] == "application/json; charset=utf-8"
+
+
+async def test_a_large_read_is_parsed_in_slices_without_loss(serve) -> None:  # type: ignore[no-untyped-def]
+    # ~600 KiB in one write: the consumer parses it slice by slice (events cross the
+    # slice boundaries), and the reconnect waits until all of it was parsed.
+    count = 3000
+    body = b"".join(
+        b"id: %d\ndata: %s\n\n%s" % (n, b"x" * 180, b": half way\n" if n == count // 2 else b"")
+        for n in range(1, count + 1)
+    )
+    comments: list[str] = []
+    server = await serve(chunks(body, delay=0), chunks(b"data: after\n\n", then_wait=3600))
+    async with EventSource(server.url, reconnect_delay=0, on_comment=comments.append) as source:
+        events = await take(source, count + 1, within=10)
+    assert [e.id for e in events[:count]] == [str(n) for n in range(1, count + 1)]
+    assert events[-1].data == "after"
+    assert comments == [" half way"]
+    assert server.requests[1].headers["Last-Event-ID"] == str(count)
