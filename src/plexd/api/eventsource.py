@@ -1,11 +1,12 @@
 """EventSource: the package's one SSE client, for any URL.
 
 The connection logic lives here once: :func:`run_connection` opens a stream,
-checks it is ``text/event-stream``, and feeds its bytes to an :class:`SSEParser`
-as they arrive; :class:`ReconnectEngine` decides the waits between connections.
-:class:`EventSource` runs them for a plain URL; ``SSEStream``/``SSEManager`` run
-the same function on ``ControlPlane.connect_sse`` and add envelopes,
-verification, dispatch and the polling fallback.
+checks it is ``text/event-stream``, and hands its bytes on as they arrive;
+:class:`ReconnectEngine` decides the waits between connections. :class:`EventSource`
+runs them for a plain URL in a background task and parses in the consumer's
+``async for`` (an :class:`SSEParser`, a slice at a time); ``SSEStream``/``SSEManager``
+run the same function on ``ControlPlane.connect_sse``, parse as bytes arrive, and
+add envelopes, verification, dispatch and the polling fallback.
 """
 
 from __future__ import annotations
