@@ -206,6 +206,14 @@ async def read_capped_body(response: aiohttp.ClientResponse, limit: int, what: s
     return decoder.result() if decoder is not None else bytes(out)
 
 
+async def raise_for_status(response: aiohttp.ClientResponse, method: str, path: str) -> None:
+    """Raise the :class:`APIError` of a non-2xx response (its body read only 4096 bytes far)."""
+    if 200 <= response.status < 300:
+        return
+    body = await read_error_body(response)
+    raise from_response(response.status, response.headers, body, method=method, path=path)
+
+
 async def read_error_body(response: aiohttp.ClientResponse) -> bytes:
     """At most MAX_ERROR_BODY bytes of an error body: never more from the socket."""
     raw = bytearray()
@@ -237,17 +245,17 @@ class StreamingResponse:
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, in chunks of whatever size the socket delivers."""
+        while chunk := await self._next_chunk(self._read_timeout):
+            yield chunk
+
+    async def _next_chunk(self, wait_at_most: float | None) -> bytes:
+        # The one read of every stream: b"" at the end, PlexdErrors for the rest.
         content = self._response.content
         try:
-            while True:
-                if self._read_timeout is None:
-                    chunk = await content.readany()
-                else:
-                    async with asyncio.timeout(self._read_timeout):
-                        chunk = await content.readany()
-                if not chunk:
-                    return
-                yield chunk
+            if wait_at_most is None:
+                return await content.readany()
+            async with asyncio.timeout(wait_at_most):
+                return await content.readany()
         except TRANSPORT_ERRORS as exc:
             raise map_transport_error(exc, self._what) from exc
 
@@ -261,19 +269,12 @@ class EventStreamResponse(StreamingResponse):
         Raises :class:`SSEIdleTimeoutError` when nothing arrives for ``idle_timeout``
         seconds (None waits forever), :class:`APIConnectionError` when the connection breaks.
         """
-        content = self._response.content
         try:
-            if idle_timeout is None:
-                return await content.readany()
-            try:
-                async with asyncio.timeout(idle_timeout):
-                    return await content.readany()
-            except TimeoutError:
-                raise SSEIdleTimeoutError(
-                    f"{self._what}: no bytes for {idle_timeout:g} s (idle timeout)"
-                ) from None
-        except TRANSPORT_ERRORS as exc:
-            raise map_transport_error(exc, self._what) from exc
+            return await self._next_chunk(idle_timeout)
+        except APITimeoutError:
+            raise SSEIdleTimeoutError(
+                f"{self._what}: no bytes for {idle_timeout:g} s (idle timeout)"
+            ) from None
 
     def abort(self) -> None:
         """Close the connection now; a pending :meth:`read_chunk` raises APIConnectionError."""
@@ -458,7 +459,7 @@ class ControlPlane:
                 skip_auto_headers=skip_auto_headers,
                 allow_redirects=False,
             ) as response:
-                await self._raise_for_status(response, method, path)
+                await raise_for_status(response, method, path)
                 if not want_result:
                     return None
                 raw = await read_capped_body(response, MAX_RESPONSE_SIZE, call)
@@ -488,14 +489,6 @@ class ControlPlane:
             shown = f" (Content-Type: {content_type})" if content_type else ""
             raise ResponseError(f"{call}: response is not valid JSON{shown}: {exc}") from None
 
-    async def _raise_for_status(
-        self, response: aiohttp.ClientResponse, method: str, path: str
-    ) -> None:
-        if 200 <= response.status < 300:
-            return
-        body = await read_error_body(response)
-        raise from_response(response.status, response.headers, body, method=method, path=path)
-
     @contextlib.asynccontextmanager
     async def _stream(
         self,
@@ -517,7 +510,7 @@ class ControlPlane:
                     timeout=self._stream_timeout,
                 )
                 try:
-                    await self._raise_for_status(response, "GET", path)
+                    await raise_for_status(response, "GET", path)
                 except BaseException:
                     response.close()
                     raise

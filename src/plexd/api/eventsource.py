@@ -28,9 +28,9 @@ from .client import (
     EventStreamResponse,
     LeanConnector,
     map_transport_error,
-    read_error_body,
+    raise_for_status,
 )
-from .errors import PlexdError, SSEProtocolError, from_response
+from .errors import PlexdError, SSEProtocolError
 from .reconnect import (
     ConnectionState,
     Decision,
@@ -408,8 +408,4 @@ class EventSource:
     async def _check_status(response: aiohttp.ClientResponse, method: str, url: URL) -> None:
         if response.status == 204:
             raise _NoContent(f"{method} {url}: 204 No Content")
-        if not 200 <= response.status < 300:
-            body = await read_error_body(response)
-            raise from_response(
-                response.status, response.headers, body, method=method, path=str(url)
-            )
+        await raise_for_status(response, method, str(url))
