@@ -1,9 +1,11 @@
 """Resident memory per idle TLS event stream.
 
-1,000 SSEManagers in one process, each with its own ControlPlane holding an idle
-TLS stream to a local server (in another process) that only sends keep-alive
-comments. Prints the resident memory each stream costs, beside the same streams
-opened with plain aiohttp defaults (a ClientSession per node, default TLS context).
+1,000 SSEManagers in one process, all started at once, each with its own
+ControlPlane holding an idle TLS stream to a local server (in another process)
+that only sends keep-alive comments. Prints the resident memory each stream
+costs, beside the same streams opened with plain aiohttp defaults (a
+ClientSession per node, default TLS context). The README ("Many nodes in one
+process") says what is tuned.
 
     python bench/bench_memory.py [--streams N]
 """

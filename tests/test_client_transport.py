@@ -39,7 +39,7 @@ from plexd.api import (
     RegisterRequest,
     UnauthorizedError,
 )
-from plexd.api.client import build_ssl_context
+from plexd.api.transport import build_ssl_context
 
 JSON_CALL_HEADERS = {"Host", "User-Agent", "Accept", "Accept-Encoding"}
 
@@ -546,31 +546,3 @@ def test_credentials_in_the_base_url_stay_out_of_repr() -> None:
     assert "hunter2" not in repr(client)
     assert "user" not in repr(client)
     assert "cp.example/api" in repr(client)
-
-
-async def test_tls_connections_of_one_loop_share_one_read_buffer() -> None:
-    # asyncio would give every TLS connection its own 256 KiB read buffer.
-    from plexd.api.client import _share_tls_read_buffer
-
-    async with serve(ssl_context=server_tls()) as server:
-        port = int(server.url.rsplit(":", 1)[1])
-        streams = []
-        for _ in range(3):
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=client_tls_trusting_test_ca()
-            )
-            _share_tls_read_buffer(writer.transport)
-            streams.append((reader, writer))
-        buffers = {
-            id(writer.transport._ssl_protocol._ssl_buffer)  # type: ignore[attr-defined]
-            for _, writer in streams
-        }
-        for _, writer in streams:
-            writer.write(b"GET /v1/ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        # every connection still reads its own answer through the shared buffer
-        replies = [await reader.read() for reader, _ in streams]
-        for _, writer in streams:
-            writer.close()
-            await writer.wait_closed()
-    assert len(buffers) == 1
-    assert all(reply.startswith(b"HTTP/1.1 200") for reply in replies)

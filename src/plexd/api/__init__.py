@@ -34,6 +34,7 @@ from .reconnect import (
 )
 from .sse import SSEComment, SSEEvent, SSEParser
 from .stream import SSEStream
+from .transport import TLS_HANDSHAKE_LIMIT, set_tls_handshake_limit
 from .types import (
     ActionInfo,
     ActionParam,
@@ -89,6 +90,7 @@ from .verify import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "TLS_HANDSHAKE_LIMIT",
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
@@ -171,5 +173,6 @@ __all__ = [
     "envelope_json",
     "parse_envelope",
     "raw_json",
+    "set_tls_handshake_limit",
     "sign_envelope",
 ]

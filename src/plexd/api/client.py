@@ -31,6 +31,7 @@ from .errors import (
     SSEIdleTimeoutError,
     from_response,
 )
+from .transport import LeanConnector, release_tls_write_buffer, shared_ssl_context
 
 T = TypeVar("T")
 
@@ -69,56 +70,6 @@ def path_segment(value: str, name: str) -> str:
 def _node_path(node_id: str) -> str:
     # A node makes every call with the same id: encode it once.
     return "/v1/nodes/" + path_segment(node_id, "node_id")
-
-
-def build_ssl_context(insecure_skip_verify: bool = False) -> ssl.SSLContext:
-    """The TLS settings of every connection: system CAs, TLS 1.2 minimum."""
-    context = ssl.create_default_context()
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if insecure_skip_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-@functools.lru_cache(maxsize=2)
-def shared_ssl_context(insecure_skip_verify: bool = False) -> ssl.SSLContext:
-    """One :func:`build_ssl_context` per setting for the whole process.
-
-    Loading the system CA store costs hundreds of KiB; a process that simulates
-    thousands of nodes must not do it once per client.
-    """
-    return build_ssl_context(insecure_skip_verify)
-
-
-# asyncio gives every TLS connection its own 256 KiB read buffer (SSLProtocol), most
-# of what an idle event stream costs. The buffer only carries bytes from recv_into()
-# to the TLS object within one synchronous callback, so connections of one thread's
-# event loop can share one buffer of the same size: no throughput is lost.
-_tls_read_buffers = threading.local()
-
-
-def _share_tls_read_buffer(transport: asyncio.BaseTransport) -> None:
-    # asyncio internals, guarded: another event loop (uvloop) is simply left alone.
-    protocol = getattr(transport, "_ssl_protocol", None)
-    buffer = getattr(protocol, "_ssl_buffer", None)
-    if not isinstance(buffer, bytearray) or getattr(protocol, "max_size", 0) != len(buffer):
-        return
-    shared = getattr(_tls_read_buffers, "view", None)
-    if shared is None or len(shared) != len(buffer):
-        shared = _tls_read_buffers.view = memoryview(buffer)
-        return  # this connection's own buffer becomes the shared one
-    protocol._ssl_buffer = shared.obj  # type: ignore[union-attr]
-    protocol._ssl_buffer_view = shared  # type: ignore[union-attr]
-
-
-class LeanConnector(aiohttp.TCPConnector):
-    """A TCPConnector whose TLS connections share their thread's read buffer."""
-
-    async def _wrap_create_connection(self, *args: Any, **kwargs: Any) -> Any:
-        transport, protocol = await super()._wrap_create_connection(*args, **kwargs)
-        _share_tls_read_buffer(transport)
-        return transport, protocol
 
 
 def map_transport_error(exc: BaseException, what: str) -> PlexdError:
@@ -237,6 +188,7 @@ class StreamingResponse:
     def __init__(
         self, response: aiohttp.ClientResponse, what: str, read_timeout: float | None
     ) -> None:
+        release_tls_write_buffer(response)
         self._response = response
         self._what = what
         self._read_timeout = read_timeout

@@ -26,7 +26,6 @@ from yarl import URL
 from .client import (
     TRANSPORT_ERRORS,
     EventStreamResponse,
-    LeanConnector,
     map_transport_error,
     raise_for_status,
 )
@@ -40,6 +39,7 @@ from .reconnect import (
     always_retry,
 )
 from .sse import SSEComment, SSEEvent, SSEParser
+from .transport import LeanConnector
 
 T = TypeVar("T")
 

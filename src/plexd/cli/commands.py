@@ -20,9 +20,10 @@ import click
 import nacl.public
 
 from plexd.api import __version__
-from plexd.api.client import ControlPlane, build_ssl_context
+from plexd.api.client import ControlPlane
 from plexd.api.config import Config
 from plexd.api.errors import ConfigError
+from plexd.api.transport import build_ssl_context
 from plexd.api.types import HeartbeatRequest, RegisterRequest
 from plexd.api.verify import Ed25519Verifier, EventVerifier, NoOpVerifier
 

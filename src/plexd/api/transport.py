@@ -1,0 +1,154 @@
+"""Connections: the TLS settings and the aiohttp connector every client uses.
+
+An idle event stream should cost little, so one process can hold thousands of
+them. Three things make a TLS connection expensive in asyncio + OpenSSL 3, and
+this module deals with each:
+
+- asyncio's 256 KiB read buffer per TLS connection: connections of one thread
+  share one (:func:`share_tls_read_buffer`);
+- OpenSSL's 16 KiB write buffer, set up to read a TLS 1.3 server's session
+  tickets and kept until the next write, which an event stream never makes
+  (:func:`release_tls_write_buffer`);
+- heap fragmentation: every handshake briefly needs ~50 KiB, and a thousand at
+  once interleave that with what the connections keep, leaving ~19 KiB of
+  unusable heap per connection. :class:`LeanConnector` runs at most
+  :data:`TLS_HANDSHAKE_LIMIT` TLS connection set-ups per server at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ssl
+import threading
+import weakref
+from typing import Any
+
+import aiohttp
+
+# Concurrent TLS connection set-ups (TCP connect + handshake) per server and
+# event loop. The handshakes run on the loop's thread anyway: a queue this long
+# keeps a LAN's throughput (1,000 connections come up faster than with no limit)
+# while the heap stays compact.
+TLS_HANDSHAKE_LIMIT = 16
+
+_handshake_limit = TLS_HANDSHAKE_LIMIT
+_handshake_slots: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, int], asyncio.Semaphore]
+] = weakref.WeakKeyDictionary()
+_handshake_slots_lock = threading.Lock()
+
+
+def set_tls_handshake_limit(limit: int) -> None:
+    """Allow ``limit`` concurrent TLS connection set-ups per server and event loop.
+
+    The default, :data:`TLS_HANDSHAKE_LIMIT`, suits a LAN; over a link with a long
+    round trip, a process that opens thousands of connections at once comes up
+    sooner with a higher limit, at the cost of memory. 0 means no limit. Applies to
+    connections opened after the call.
+    """
+    if limit < 0:
+        raise ValueError(f"limit: must not be negative, got {limit}")
+    global _handshake_limit
+    with _handshake_slots_lock:
+        _handshake_limit = limit
+        _handshake_slots.clear()
+
+
+def _handshake_slot(server: tuple[str, int]) -> asyncio.Semaphore | None:
+    loop = asyncio.get_running_loop()
+    with _handshake_slots_lock:
+        if _handshake_limit == 0:
+            return None
+        slots = _handshake_slots.setdefault(loop, {})
+        slot = slots.get(server)
+        if slot is None:
+            slot = slots[server] = asyncio.Semaphore(_handshake_limit)
+        return slot
+
+
+def build_ssl_context(insecure_skip_verify: bool = False) -> ssl.SSLContext:
+    """The TLS settings of every connection: system CAs, TLS 1.2 minimum."""
+    context = ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@functools.lru_cache(maxsize=2)
+def shared_ssl_context(insecure_skip_verify: bool = False) -> ssl.SSLContext:
+    """One :func:`build_ssl_context` per setting for the whole process.
+
+    Loading the system CA store costs hundreds of KiB; a process that simulates
+    thousands of nodes must not do it once per client.
+    """
+    return build_ssl_context(insecure_skip_verify)
+
+
+# The buffer only carries bytes from recv_into() to the TLS object within one
+# synchronous callback, so connections of one thread's event loop can share one
+# buffer of the same size: no throughput is lost.
+_tls_read_buffers = threading.local()
+
+
+def share_tls_read_buffer(transport: asyncio.BaseTransport) -> None:
+    """Make a TLS transport read through its thread's shared buffer."""
+    # asyncio internals, guarded: another event loop (uvloop) is simply left alone.
+    protocol = getattr(transport, "_ssl_protocol", None)
+    buffer = getattr(protocol, "_ssl_buffer", None)
+    if not isinstance(buffer, bytearray) or getattr(protocol, "max_size", 0) != len(buffer):
+        return
+    shared = getattr(_tls_read_buffers, "view", None)
+    if shared is None or len(shared) != len(buffer):
+        shared = _tls_read_buffers.view = memoryview(buffer)
+        return  # this connection's own buffer becomes the shared one
+    protocol._ssl_buffer = shared.obj  # type: ignore[union-attr]
+    protocol._ssl_buffer_view = shared  # type: ignore[union-attr]
+
+
+def release_tls_write_buffer(response: aiohttp.ClientResponse) -> None:
+    """Free the TLS write buffer of a response's connection, if it has one.
+
+    Call it once the response head has arrived: a TLS 1.3 server sends its session
+    tickets before that, and reading them made OpenSSL set up the buffer. An empty
+    write frees it (and sends any key-update reply that is due, as any write would).
+    """
+    connection = response.connection
+    transport = connection.transport if connection is not None else None
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if isinstance(ssl_object, ssl.SSLObject):
+        with contextlib.suppress(ssl.SSLError):
+            ssl_object.write(b"")
+
+
+class LeanConnector(aiohttp.TCPConnector):
+    """A TCPConnector for many long-lived TLS connections: they share their thread's
+    read buffer, and set-ups to one server queue for :data:`TLS_HANDSHAKE_LIMIT` slots.
+
+    Time spent waiting for a slot counts against the connect timeout.
+    """
+
+    async def _wrap_create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        slot = self._slot_for(kwargs)
+        if slot is None:
+            transport, protocol = await super()._wrap_create_connection(*args, **kwargs)
+        else:
+            timeout: aiohttp.ClientTimeout | None = kwargs.get("timeout")
+            async with asyncio.timeout(timeout.sock_connect if timeout else None):
+                await slot.acquire()
+            try:
+                transport, protocol = await super()._wrap_create_connection(*args, **kwargs)
+            finally:
+                slot.release()
+        share_tls_read_buffer(transport)
+        return transport, protocol
+
+    @staticmethod
+    def _slot_for(kwargs: dict[str, Any]) -> asyncio.Semaphore | None:
+        request = kwargs.get("req")
+        if not kwargs.get("ssl") or request is None:
+            return None
+        return _handshake_slot((request.host, request.port))
