@@ -9,7 +9,7 @@ this module deals with each:
 - OpenSSL's 16 KiB write buffer, set up to read a TLS 1.3 server's session
   tickets and kept until the next write, which an event stream never makes
   (:func:`release_tls_write_buffer`);
-- heap fragmentation: every handshake briefly needs ~50 KiB, and a thousand at
+- heap fragmentation: every handshake briefly needs ~32 KiB, and a thousand at
   once interleave that with what the connections keep, leaving ~19 KiB of
   unusable heap per connection. :class:`LeanConnector` runs at most
   :data:`TLS_HANDSHAKE_LIMIT` TLS connection set-ups per server at a time.
@@ -23,6 +23,7 @@ import functools
 import ssl
 import threading
 import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -132,23 +133,24 @@ class LeanConnector(aiohttp.TCPConnector):
     """
 
     async def _wrap_create_connection(self, *args: Any, **kwargs: Any) -> Any:
-        slot = self._slot_for(kwargs)
-        if slot is None:
+        async with _set_up_slot(kwargs):
             transport, protocol = await super()._wrap_create_connection(*args, **kwargs)
-        else:
-            timeout: aiohttp.ClientTimeout | None = kwargs.get("timeout")
-            async with asyncio.timeout(timeout.sock_connect if timeout else None):
-                await slot.acquire()
-            try:
-                transport, protocol = await super()._wrap_create_connection(*args, **kwargs)
-            finally:
-                slot.release()
         share_tls_read_buffer(transport)
         return transport, protocol
 
-    @staticmethod
-    def _slot_for(kwargs: dict[str, Any]) -> asyncio.Semaphore | None:
-        request = kwargs.get("req")
-        if not kwargs.get("ssl") or request is None:
-            return None
-        return _handshake_slot((request.host, request.port))
+
+@contextlib.asynccontextmanager
+async def _set_up_slot(set_up: dict[str, Any]) -> AsyncIterator[None]:
+    # ``set_up``: the keyword arguments aiohttp passes to _wrap_create_connection.
+    request = set_up.get("req")
+    slot = _handshake_slot((request.host, request.port)) if set_up.get("ssl") and request else None
+    if slot is None:
+        yield
+        return
+    timeout: aiohttp.ClientTimeout | None = set_up.get("timeout")
+    async with asyncio.timeout(timeout.sock_connect if timeout else None):
+        await slot.acquire()
+    try:
+        yield
+    finally:
+        slot.release()
