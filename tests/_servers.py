@@ -127,26 +127,41 @@ def client_tls_trusting_test_ca() -> ssl.SSLContext:
 # --- servers that misbehave below HTTP -------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def silent_tcp_server() -> AsyncIterator[str]:
-    """Accepts TCP connections and never writes a byte (a TLS handshake never completes).
+class SilentTCPServer:
+    """Accepts TCP connections and never writes a byte (a TLS handshake never completes);
+    counts the connections it accepted."""
 
-    Yields ``host:port``.
-    """
-    writers: list[asyncio.StreamWriter] = []
+    def __init__(self) -> None:
+        self.address = ""
+        self.accepted = 0
+        self._accepted_changed = asyncio.Event()
+        self._writers: list[asyncio.StreamWriter] = []
 
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
+    async def wait_for_accepted(self, count: int) -> None:
+        """Return once ``count`` connections were accepted."""
+        while self.accepted < count:
+            self._accepted_changed.clear()
+            await self._accepted_changed.wait()
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self._accepted_changed.set()
+        self._writers.append(writer)
         with contextlib.suppress(ConnectionError):
             while await reader.read(65536):
                 pass
 
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+
+@contextlib.asynccontextmanager
+async def silent_tcp_server() -> AsyncIterator[SilentTCPServer]:
+    """A running :class:`SilentTCPServer` on 127.0.0.1 (``address`` is ``host:port``)."""
+    silent = SilentTCPServer()
+    server = await asyncio.start_server(silent._hold, "127.0.0.1", 0)
+    silent.address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
     try:
-        yield f"127.0.0.1:{port}"
+        yield silent
     finally:
-        for writer in writers:
+        for writer in silent._writers:
             writer.close()
         server.close()
         await server.wait_closed()

@@ -232,8 +232,8 @@ async def test_connect_timeout_when_the_listener_never_accepts() -> None:
 
 
 async def test_connect_timeout_covers_a_tls_handshake_that_never_completes() -> None:
-    async with silent_tcp_server() as address:
-        cp = client_for(f"https://{address}", connect_timeout=0.2, request_timeout=60)
+    async with silent_tcp_server() as silent:
+        cp = client_for(f"https://{silent.address}", connect_timeout=0.2, request_timeout=60)
         async with cp:
             with pytest.raises(APITimeoutError, match="connect") as info:
                 await cp.ping()

@@ -12,7 +12,14 @@ from typing import Any, ClassVar
 import pytest
 from aiohttp import web
 
-from _servers import Handler, Server, client_tls_trusting_test_ca, serve, server_tls
+from _servers import (
+    Handler,
+    Server,
+    client_tls_trusting_test_ca,
+    serve,
+    server_tls,
+    silent_tcp_server,
+)
 from plexd.api import APITimeoutError, Config, ControlPlane
 from plexd.api.transport import (
     TLS_HANDSHAKE_LIMIT,
@@ -29,6 +36,7 @@ def handshake_limit() -> Iterator[None]:
 
 
 def tls_client(server: Server | str, context: ssl.SSLContext | None = None) -> ControlPlane:
+    """A client trusting the test CA (or using ``context``), patient when connecting."""
     url = server.url if isinstance(server, Server) else server
     return ControlPlane(
         Config(base_url=url, connect_timeout=30),
@@ -37,41 +45,20 @@ def tls_client(server: Server | str, context: ssl.SSLContext | None = None) -> C
     )
 
 
-class StalledTLSServer:
-    """Accepts TCP connections and never answers a TLS handshake; counts the connections."""
-
-    def __init__(self) -> None:
-        self.accepted = 0
-        self.accepted_changed = asyncio.Event()
-        self.url = ""
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        self.accepted_changed.set()
-        self._writers.append(writer)
-        with contextlib.suppress(ConnectionError):
-            while await reader.read(65536):
-                pass
-
-    async def wait_for_accepted(self, count: int) -> None:
-        while self.accepted < count:
-            self.accepted_changed.clear()
-            await self.accepted_changed.wait()
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def running(cls) -> AsyncIterator[StalledTLSServer]:
-        stalled = cls()
-        server = await asyncio.start_server(stalled._hold, "127.0.0.1", 0)
-        stalled.url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        try:
-            yield stalled
-        finally:
-            for writer in stalled._writers:
-                writer.close()
-            server.close()
-            await server.wait_closed()
+@contextlib.asynccontextmanager
+async def pinging(url: str, count: int) -> AsyncIterator[list[asyncio.Task[None]]]:
+    """``count`` clients of ``url`` each pinging it in the background until the block ends;
+    yields the pings."""
+    clients = [tls_client(url) for _ in range(count)]
+    pings = [asyncio.create_task(client.ping()) for client in clients]
+    try:
+        yield pings
+    finally:
+        for ping in pings:
+            ping.cancel()
+        await asyncio.gather(*pings, return_exceptions=True)
+        for client in clients:
+            await client.aclose()
 
 
 def event_stream(release: asyncio.Event) -> Handler:
@@ -153,17 +140,10 @@ async def test_an_event_stream_frees_the_tls_write_buffer_once_its_head_arrives(
 
 async def test_tls_set_ups_to_one_server_wait_for_a_free_slot(handshake_limit: None) -> None:
     set_tls_handshake_limit(2)
-    async with StalledTLSServer.running() as stalled:
-        clients = [tls_client(stalled.url) for _ in range(4)]
-        pings = [asyncio.create_task(client.ping()) for client in clients]
+    async with silent_tcp_server() as stalled, pinging(f"https://{stalled.address}", 4):
         await stalled.wait_for_accepted(2)
         await asyncio.sleep(0.2)  # room for a connection that should not come
         accepted_while_stalled = stalled.accepted
-        for ping in pings:
-            ping.cancel()
-        await asyncio.gather(*pings, return_exceptions=True)
-        for client in clients:
-            await client.aclose()
     assert accepted_while_stalled == 2
 
 
@@ -172,18 +152,14 @@ async def test_a_stalled_server_does_not_hold_up_set_ups_to_another(
 ) -> None:
     set_tls_handshake_limit(1)
     async with (
-        StalledTLSServer.running() as stalled,
+        silent_tcp_server() as stalled,
         serve(ssl_context=server_tls()) as healthy,
-        tls_client(stalled.url) as stalled_client,
         tls_client(healthy) as healthy_client,
+        pinging(f"https://{stalled.address}", 1) as stuck,
     ):
-        stuck = asyncio.create_task(stalled_client.ping())
         await stalled.wait_for_accepted(1)
         await asyncio.wait_for(healthy_client.ping(), 10)
-        assert not stuck.done()
-        stuck.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await stuck
+        assert not stuck[0].done()
     assert healthy.last.raw_path == "/v1/ping"
 
 
@@ -191,37 +167,23 @@ async def test_waiting_for_a_slot_counts_against_the_connect_timeout(
     handshake_limit: None,
 ) -> None:
     set_tls_handshake_limit(1)
-    async with StalledTLSServer.running() as stalled:
-        holder = tls_client(stalled.url)
-        waiter = ControlPlane(
-            Config(base_url=stalled.url, connect_timeout=0.2, request_timeout=30),
+    async with silent_tcp_server() as stalled, pinging(f"https://{stalled.address}", 1):
+        await stalled.wait_for_accepted(1)
+        async with ControlPlane(
+            Config(base_url=f"https://{stalled.address}", connect_timeout=0.2, request_timeout=30),
             "1.2.3",
             ssl_context=client_tls_trusting_test_ca(),
-        )
-        holding = asyncio.create_task(holder.ping())
-        await stalled.wait_for_accepted(1)
-        with pytest.raises(APITimeoutError):
-            await asyncio.wait_for(waiter.ping(), 10)
+        ) as waiter:
+            with pytest.raises(APITimeoutError):
+                await asyncio.wait_for(waiter.ping(), 10)
         accepted = stalled.accepted
-        holding.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await holding
-        await holder.aclose()
-        await waiter.aclose()
     assert accepted == 1  # the waiter never got to connect
 
 
 async def test_a_limit_of_zero_lets_every_set_up_through_at_once(handshake_limit: None) -> None:
     set_tls_handshake_limit(0)
-    async with StalledTLSServer.running() as stalled:
-        clients = [tls_client(stalled.url) for _ in range(4)]
-        pings = [asyncio.create_task(client.ping()) for client in clients]
+    async with silent_tcp_server() as stalled, pinging(f"https://{stalled.address}", 4):
         await asyncio.wait_for(stalled.wait_for_accepted(4), 10)
-        for ping in pings:
-            ping.cancel()
-        await asyncio.gather(*pings, return_exceptions=True)
-        for client in clients:
-            await client.aclose()
     assert stalled.accepted == 4
 
 
