@@ -26,6 +26,7 @@ from .errors import (
     MAX_ERROR_BODY,
     APIConnectionError,
     APITimeoutError,
+    ClientClosedError,
     PlexdError,
     ResponseError,
     SSEIdleTimeoutError,
@@ -337,7 +338,7 @@ class ControlPlane:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._closed:
-            raise PlexdError("ControlPlane is closed")
+            raise ClientClosedError("ControlPlane is closed")
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=LeanConnector(ssl=self._ssl),

@@ -23,6 +23,22 @@ class ConfigError(PlexdError, ValueError):
     """A :class:`Config` that cannot work; the message names the field."""
 
 
+class ArgumentError(PlexdError, ValueError):
+    """An argument passed to the package cannot work (an empty node id, a size below 1)."""
+
+
+class ClientClosedError(PlexdError):
+    """The client was used after it was closed; closing is final."""
+
+
+class EventLoopError(PlexdError, RuntimeError):
+    """An asyncio object of the package was used from an event loop other than its own.
+
+    A :class:`ControlPlane` belongs to the loop it was first used on (its connections
+    do); make one client per ``asyncio.run()``.
+    """
+
+
 class APIError(PlexdError):
     """The control plane answered with a status outside 2xx.
 
