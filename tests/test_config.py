@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from plexd.api import Config, ConfigError, PlexdError
 
@@ -41,3 +43,58 @@ def test_validate_names_the_field(config: Config, field: str) -> None:
 def test_valid_config_with_path_prefix_passes() -> None:
     Config(base_url="https://cp.example/api/").validate()
     Config(base_url="http://127.0.0.1:8080").validate()
+
+
+@pytest.mark.parametrize(
+    ("base_url", "reason"),
+    [
+        ("https://user:hunter2@cp.example", "user or password"),
+        ("https://user@cp.example/api", "user or password"),
+        ("https://:hunter2@cp.example", "user or password"),
+        ("https://user:hun@ter2@cp.example", "user or password"),
+        ("https://user:hunter2@", "user or password"),
+        ("https://cp.example/api?tenant=7", "query or fragment"),
+        ("https://cp.example?", "query or fragment"),
+        ("https://cp.example/#top", "query or fragment"),
+        ("https://cp.example/a b", "whitespace or a control character"),
+        ("https://cp.example/\r\n", "whitespace or a control character"),
+        ("https://cp.exa\x00mple", "whitespace or a control character"),
+        ("https://[::1", "not a usable URL"),
+        ("https://cp.example:99999", "not a usable URL"),
+        ("https://cp.example:port", "not a usable URL"),
+        ("https://cp.example:0", "port 0"),
+        ("https:///path", "no host"),
+    ],
+)
+def test_a_base_url_the_client_cannot_use_is_refused(base_url: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason) as info:
+        Config(base_url=base_url).validate()
+    assert str(info.value).startswith("base_url: ")
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("field", ["connect_timeout", "request_timeout", "sse_idle_timeout"])
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), -float("inf"), -1e-9, "5", None, True]
+)
+def test_a_timeout_that_is_not_a_finite_non_negative_number_is_refused(
+    field: str, value: object
+) -> None:
+    config = Config(base_url="https://cp.example", **{field: value})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=rf"^{field}: "):
+        config.validate()
+
+
+def test_tls_insecure_skip_verify_must_be_a_bool() -> None:
+    config = Config(base_url="https://cp.example", tls_insecure_skip_verify="false")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^tls_insecure_skip_verify: "):
+        config.validate()
+
+
+@given(user=st.text(), password=st.text())
+def test_repr_of_a_config_never_shows_the_url_password(user: str, password: str) -> None:
+    config = Config(base_url=f"https://{user}:{password}@cp.example/api", request_timeout=5)
+    assert repr(config) == (
+        "Config(base_url='https://***@cp.example/api', tls_insecure_skip_verify=False, "
+        "connect_timeout=0, request_timeout=5, sse_idle_timeout=0)"
+    )
