@@ -8,10 +8,11 @@ import dataclasses
 import functools
 import gzip
 import logging
+import re
 import ssl
 import threading
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeVar
 from urllib.parse import quote
@@ -26,13 +27,23 @@ from .errors import (
     MAX_ERROR_BODY,
     APIConnectionError,
     APITimeoutError,
+    ArgumentError,
+    ArgumentTypeError,
     ClientClosedError,
+    ConfigError,
+    EventLoopError,
     PlexdError,
     ResponseError,
     SSEIdleTimeoutError,
+    SSEProtocolError,
     from_response,
 )
-from .transport import LeanConnector, release_tls_write_buffer, shared_ssl_context
+from .transport import (
+    LeanConnector,
+    release_tls_write_buffer,
+    scrub_transport_error,
+    shared_ssl_context,
+)
 
 T = TypeVar("T")
 
@@ -50,15 +61,31 @@ _EVENT_STREAM = "text/event-stream"
 _GZIP_CODINGS = frozenset({"gzip", "x-gzip"})
 _IDENTITY_CODINGS = frozenset({"identity", ""})
 
+_DEFLATE_CODINGS = frozenset({"deflate"})
+# zlib window bits: a gzip member, a zlib-wrapped deflate stream, raw deflate.
+_GZIP_WBITS, _ZLIB_WBITS, _RAW_DEFLATE_WBITS = 31, 15, -15
+
 _NO_BODY: Final = object()
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _CONTENT_TYPE = ("Content-Type",)
+# What aiohttp refuses to write in a header value (RFC 9110 5.5): C0 controls but TAB, DEL.
+_NOT_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def is_header_value(value: str) -> bool:
+    """Whether ``value`` can be sent as an HTTP header value."""
+    return _NOT_IN_HEADER.search(value) is None
 
 
 def path_segment(value: str, name: str) -> str:
-    """Percent-encode ``value`` as exactly one path segment (``/``, ``?``, ``#``, ``%``, ``..``)."""
+    """Percent-encode ``value`` as exactly one path segment (``/``, ``?``, ``#``, ``%``, ``..``).
+
+    Raises :class:`ArgumentError` for an empty value or one that is not a str.
+    """
+    if not isinstance(value, str):
+        raise ArgumentTypeError(f"{name} must be a str, got {type(value).__name__}")
     if not value:
-        raise ValueError(f"{name} must not be empty")
+        raise ArgumentError(f"{name} must not be empty")
     encoded = quote(value, safe="")
     if encoded in (".", ".."):
         # Dot segments are unreserved, yet a URL resolver would treat them as
@@ -74,7 +101,12 @@ def _node_path(node_id: str) -> str:
 
 
 def map_transport_error(exc: BaseException, what: str) -> PlexdError:
-    """The PlexdError for a transport exception (the caller raises it ``from exc``)."""
+    """The PlexdError for a transport exception (the caller raises it ``from exc``).
+
+    ``exc`` (and what is chained to it) is scrubbed in place first: no token and no URL
+    password stays in its repr, str or traceback.
+    """
+    scrub_transport_error(exc)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return APITimeoutError(f"{what}: timed out connecting")
     if isinstance(exc, TimeoutError):
@@ -213,21 +245,127 @@ class StreamingResponse:
             raise map_transport_error(exc, self._what) from exc
 
 
+class _StreamInflater:
+    """Incremental gzip or deflate decoding of a stream, at most ``_INFLATE_STEP`` bytes
+    out per call however much the input expands (a gzip bomb costs no memory).
+
+    gzip: every member, one after the other. deflate: zlib-wrapped or raw, told apart
+    by the first two bytes, as browsers do.
+    """
+
+    def __init__(self, coding: str, what: str) -> None:
+        self._gzip = coding in _GZIP_CODINGS
+        self._what = what
+        self._inflater = zlib.decompressobj(wbits=_GZIP_WBITS) if self._gzip else None
+        self._input = b""
+
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes received."""
+        self._input += data
+
+    def next_piece(self) -> bytes:
+        """Decoded bytes from the input so far (b"" when more input is needed)."""
+        while self._input:
+            inflater = self._current_inflater()
+            if inflater is None:
+                return b""
+            try:
+                piece = inflater.decompress(self._input, _INFLATE_STEP)
+            except zlib.error as exc:
+                raise SSEProtocolError(
+                    f"{self._what}: undecodable {self._coding} data ({exc})"
+                ) from None
+            self._input = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
+            if piece:
+                return piece
+        return b""
+
+    @property
+    def _coding(self) -> str:
+        return "gzip" if self._gzip else "deflate"
+
+    def _current_inflater(self) -> zlib._Decompress | None:
+        if self._inflater is None:
+            if len(self._input) < 2:
+                return None  # deflate: the wrapping shows in the first two bytes
+            self._inflater = zlib.decompressobj(wbits=_deflate_wbits(self._input))
+        elif self._inflater.eof:
+            if not self._gzip:
+                raise SSEProtocolError(f"{self._what}: data after the end of the deflate stream")
+            # The next gzip member starts right after this one.
+            self._inflater = zlib.decompressobj(wbits=_GZIP_WBITS)
+        return self._inflater
+
+
+def _deflate_wbits(head: bytes) -> int:
+    # RFC 1950: CM = 8 (deflate), CINFO <= 7, and the 16-bit header a multiple of 31.
+    cmf, flg = head[0], head[1]
+    is_zlib = cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf << 8 | flg) % 31 == 0
+    return _ZLIB_WBITS if is_zlib else _RAW_DEFLATE_WBITS
+
+
+def _stream_inflater(response: aiohttp.ClientResponse, what: str) -> _StreamInflater | None:
+    coding = _content_encoding(response)
+    if coding in _IDENTITY_CODINGS:
+        return None
+    if coding in _GZIP_CODINGS or coding in _DEFLATE_CODINGS:
+        return _StreamInflater(coding, what)
+    raise SSEProtocolError(
+        f"{what}: the event stream has an unsupported Content-Encoding {coding[:64]!r}"
+    )
+
+
 class EventStreamResponse(StreamingResponse):
-    """The response of ``connect_sse``: a ``text/event-stream`` body read chunk by chunk."""
+    """The response of ``connect_sse``: a ``text/event-stream`` body read chunk by chunk.
+
+    ``read_timeout`` is the idle timeout of :meth:`iter_chunks`. With ``decode_content``
+    a gzip- or deflate-encoded stream (a proxy may encode it despite
+    ``Accept-Encoding: identity``) is decoded as it arrives; any other
+    Content-Encoding raises :class:`SSEProtocolError`.
+    """
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        what: str,
+        read_timeout: float | None,
+        *,
+        decode_content: bool = False,
+    ) -> None:
+        super().__init__(response, what, read_timeout)
+        self._inflater = _stream_inflater(response, what) if decode_content else None
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """The (decoded) body as it arrives; :class:`SSEIdleTimeoutError` when nothing
+        arrives for ``read_timeout`` seconds."""
+        while chunk := await self.read_chunk(self._read_timeout):
+            yield chunk
 
     async def read_chunk(self, idle_timeout: float | None) -> bytes:
         """The next bytes as they arrive (``b""`` at the end of the stream).
 
         Raises :class:`SSEIdleTimeoutError` when nothing arrives for ``idle_timeout``
-        seconds (None waits forever), :class:`APIConnectionError` when the connection breaks.
+        seconds (None waits forever), :class:`APIConnectionError` when the connection breaks,
+        :class:`SSEProtocolError` when an encoded stream does not decode.
         """
         try:
-            return await self._next_chunk(idle_timeout)
+            if self._inflater is None:
+                return await self._next_chunk(idle_timeout)
+            return await self._next_decoded(self._inflater, idle_timeout)
         except APITimeoutError:
             raise SSEIdleTimeoutError(
                 f"{self._what}: no bytes for {idle_timeout:g} s (idle timeout)"
             ) from None
+
+    async def _next_decoded(self, inflater: _StreamInflater, idle_timeout: float | None) -> bytes:
+        # Input already received is decoded before the socket is read again; a truncated
+        # stream just ends (the parser drops a partial event, as for any disconnect).
+        while not (piece := inflater.next_piece()):
+            data = await self._next_chunk(idle_timeout)
+            if not data:
+                return b""
+            inflater.feed(data)
+        return piece
 
     def abort(self) -> None:
         """Close the connection now; a pending :meth:`read_chunk` raises APIConnectionError."""
@@ -273,6 +411,7 @@ class ControlPlane:
         *,
         ssl_context: ssl.SSLContext | None = None,
     ):
+        _check_arguments(config, version, ssl_context)
         config = dataclasses.replace(config)
         config.apply_defaults()
         config.validate()
@@ -280,6 +419,8 @@ class ControlPlane:
         self._log = logger or logging.getLogger("plexd.api")
         self._base = str(URL(config.base_url.rstrip("/")))
         self._user_agent = f"plexd/{version}"
+        # The loop of the first call: the session and its connections belong to it.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._token_lock = threading.Lock()
         self._token = ""
         self._json_headers = self._build_json_headers(self._token)
@@ -323,22 +464,53 @@ class ControlPlane:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the session and every connection it holds. Safe to call twice."""
+        """Close the session and every connection it holds. Safe to call twice.
+
+        From another event loop than the client's: when the client's loop is closed its
+        connections are released at once; when it runs in another thread the session is
+        closed there. A client's loop that is open but not running cannot be reached:
+        :class:`EventLoopError`.
+        """
+        session, owner = self._session, self._loop
+        if session is not None and _unreachable(owner):
+            raise self._foreign_loop_error()
         self._closed = True
-        session, self._session = self._session, None
-        if session is not None:
+        self._session = None
+        if session is None:
+            return
+        if owner is None or owner is _running_loop():
             await session.close()
+        elif owner.is_running():
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(session.close(), owner))
+        else:
+            await _release_orphaned(session)
 
     def set_auth_token(self, token: str) -> None:
-        """Set the bearer token of later requests (thread-safe; "" sends none)."""
+        """Set the bearer token of later requests (thread-safe; "" sends none).
+
+        Raises :class:`ConfigError` for a token that cannot go into a header (CR, LF,
+        another control character): it would fail every request.
+        """
+        if not isinstance(token, str):
+            raise ConfigError(f"token: must be a str, got {type(token).__name__}")
+        if not is_header_value(token):
+            # Never echo the token: the message may be logged.
+            raise ConfigError(
+                "token: holds a control character (CR, LF, NUL, DEL ...) that an HTTP "
+                "header cannot carry; token not set"
+            )
         headers = self._build_json_headers(token)
         with self._token_lock:
             self._token = token
             self._json_headers = headers
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    async def _get_session(self) -> aiohttp.ClientSession:
         if self._closed:
             raise ClientClosedError("ControlPlane is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop and self._loop is not None:
+            await self._leave_foreign_loop()
+        self._loop = loop
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=LeanConnector(ssl=self._ssl),
@@ -350,6 +522,21 @@ class ControlPlane:
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
+
+    async def _leave_foreign_loop(self) -> None:
+        # Used from a second loop. When the first one is closed (an earlier asyncio.run()),
+        # its connections are dead: release them now rather than warn at exit.
+        session, owner = self._session, self._loop
+        if session is not None and owner is not None and owner.is_closed():
+            self._session = None
+            await _release_orphaned(session)
+        raise self._foreign_loop_error()
+
+    def _foreign_loop_error(self) -> EventLoopError:
+        return EventLoopError(
+            "this ControlPlane belongs to the event loop it was first used on; "
+            "make one client per event loop (per asyncio.run())"
+        )
 
     def _headers(self, accept: str, token: str | None = None) -> dict[str, str]:
         headers = {"User-Agent": self._user_agent, "Accept": accept}
@@ -402,7 +589,7 @@ class ControlPlane:
             if len(data) > GZIP_THRESHOLD:
                 data = gzip.compress(data, compresslevel=6)
                 headers = json_headers.gzip_body
-        session = self._get_session()
+        session = await self._get_session()
         try:
             async with session.request(
                 method,
@@ -419,14 +606,22 @@ class ControlPlane:
                 content_type = response.headers.get("Content-Type", "")
         except TRANSPORT_ERRORS as exc:
             raise map_transport_error(exc, call) from exc
+        except PlexdError:
+            raise
+        except ValueError as exc:
+            # aiohttp refusing what it was given (a URL, a header value): our checks
+            # should have caught it first.
+            raise ArgumentError(f"{call}: cannot send the request: {exc}") from None
         return self._decode(raw, result_type, call, content_type)
 
     def _encode(self, body: Any, call: str) -> bytes:
-        t.check_times(body)
         try:
+            t.check_times(body)
             return self._encoder.encode(body)
-        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-            raise PlexdError(f"{call}: cannot encode request body: {exc}") from exc
+        except RecursionError:
+            raise ArgumentError(f"{call}: cannot encode request body: nested too deep") from None
+        except t.JSON_ENCODE_ERRORS as exc:
+            raise ArgumentError(f"{call}: cannot encode request body: {exc}") from None
 
     def _decode(self, raw: bytes, result_type: Any, call: str, content_type: str) -> Any:
         name = getattr(result_type, "__name__", "value")
@@ -438,7 +633,7 @@ class ControlPlane:
             return self._decoder(Any if result_type is None else result_type).decode(raw)
         except msgspec.ValidationError as exc:
             raise ResponseError(f"{call}: response is not a valid {name}: {exc}") from None
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        except t.JSON_DECODE_ERRORS as exc:
             shown = f" (Content-Type: {content_type})" if content_type else ""
             raise ResponseError(f"{call}: response is not valid JSON{shown}: {exc}") from None
 
@@ -447,13 +642,12 @@ class ControlPlane:
         self,
         path: str,
         headers: dict[str, str],
-        response_class: type[StreamingResponse],
-        read_timeout: float | None,
+        make_response: Callable[[aiohttp.ClientResponse, str], StreamingResponse],
     ) -> AsyncIterator[Any]:
         call = f"GET {path}"
         # The chunks go to the caller as they arrive: ask for them unencoded.
         headers["Accept-Encoding"] = "identity"
-        session = self._get_session()
+        session = await self._get_session()
         try:
             async with asyncio.timeout(self.config.request_timeout):
                 response = await session.get(
@@ -470,7 +664,7 @@ class ControlPlane:
         except TRANSPORT_ERRORS as exc:
             raise map_transport_error(exc, call) from exc
         try:
-            yield response_class(response, call, read_timeout)
+            yield make_response(response, call)
         finally:
             response.close()
 
@@ -485,7 +679,8 @@ class ControlPlane:
 
         With ``result_type`` None the decoded JSON value is returned (None for an empty body).
         """
-        return await self._request("GET", path, result_type=result_type, url=self._user_url(path))
+        url = self._user_url(path)
+        return await self._request("GET", path, result_type=result_type, url=url)
 
     async def post_json(self, path: str, body: Any, result_type: type[T] | None = None) -> Any:
         """POST ``body`` as JSON to ``path`` and decode the JSON answer.
@@ -496,11 +691,21 @@ class ControlPlane:
         return await self._request("POST", path, payload, result_type, url=self._user_url(path))
 
     def _user_url(self, path: str) -> URL:
-        return URL(self._base + "/" + path.lstrip("/"))
+        if not isinstance(path, str):
+            raise ArgumentTypeError(f"path must be a str, got {type(path).__name__}")
+        if _NOT_IN_HEADER.search(path):
+            raise ArgumentError(f"path {path!r}: holds a control character")
+        try:
+            return URL(self._base + "/" + path.lstrip("/"))
+        except ValueError as exc:
+            raise ArgumentError(f"path {path!r}: {exc}") from None
 
     # --- the endpoints of WIRE.md -----------------------------------------
 
     def _node(self, node_id: str, *rest: str) -> str:
+        if not isinstance(node_id, str):
+            # Checked before the cache, which would raise TypeError for an unhashable id.
+            raise ArgumentTypeError(f"node_id must be a str, got {type(node_id).__name__}")
         return _node_path(node_id) + "".join(rest)
 
     async def register(self, req: t.RegisterRequest) -> t.RegisterResponse:
@@ -535,11 +740,19 @@ class ControlPlane:
 
         The stream is not cut by ``request_timeout``: the reader bounds it with an idle timeout.
         """
+        path = self._node(node_id, "/events")
+        if not isinstance(last_event_id, str) or not is_header_value(last_event_id):
+            raise ArgumentError(
+                f"last_event_id {last_event_id!r}: not a valid header value (control character)"
+            )
         headers = self._headers(_EVENT_STREAM)
         headers["Cache-Control"] = "no-cache"
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
-        return self._stream(self._node(node_id, "/events"), headers, EventStreamResponse, None)
+        make_response = functools.partial(
+            EventStreamResponse, read_timeout=self.config.sse_idle_timeout, decode_content=True
+        )
+        return self._stream(path, headers, make_response)
 
     async def rotate_keys(self, req: t.KeyRotateRequest) -> t.KeyRotateResponse:
         """Announce the node's new public key."""
@@ -591,15 +804,17 @@ class ControlPlane:
 
     async def report_metrics(self, node_id: str, batch: Sequence[t.MetricPoint]) -> None:
         """Send a batch of metric points."""
-        await self._request("POST", self._node(node_id, "/metrics"), list(batch), want_result=False)
+        await self._request(
+            "POST", self._node(node_id, "/metrics"), _batch(batch), want_result=False
+        )
 
     async def report_logs(self, node_id: str, batch: Sequence[t.LogEntry]) -> None:
         """Send a batch of log entries."""
-        await self._request("POST", self._node(node_id, "/logs"), list(batch), want_result=False)
+        await self._request("POST", self._node(node_id, "/logs"), _batch(batch), want_result=False)
 
     async def report_audit(self, node_id: str, batch: Sequence[t.AuditEntry]) -> None:
         """Send a batch of audit entries."""
-        await self._request("POST", self._node(node_id, "/audit"), list(batch), want_result=False)
+        await self._request("POST", self._node(node_id, "/audit"), _batch(batch), want_result=False)
 
     def fetch_artifact(
         self, version: str, os: str, arch: str
@@ -610,4 +825,49 @@ class ControlPlane:
             for value, name in ((version, "version"), (os, "os"), (arch, "arch"))
         )
         headers = self._headers("application/octet-stream, */*")
-        return self._stream(path, headers, ArtifactStream, self.config.request_timeout)
+        make_response = functools.partial(ArtifactStream, read_timeout=self.config.request_timeout)
+        return self._stream(path, headers, make_response)
+
+
+def _batch(batch: Sequence[Any]) -> list[Any]:
+    try:
+        return list(batch)
+    except TypeError:
+        raise ArgumentTypeError(f"batch must be a sequence, got {type(batch).__name__}") from None
+
+
+def _check_arguments(config: Any, version: Any, ssl_context: Any) -> None:
+    if not isinstance(config, Config):
+        raise ArgumentTypeError(f"config must be a Config, got {type(config).__name__}")
+    if not isinstance(version, str) or not is_header_value(version):
+        # It goes into every User-Agent header.
+        raise ArgumentError(f"version {version!r}: must be a str without control characters")
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+        raise ArgumentTypeError(
+            f"ssl_context must be an ssl.SSLContext, got {type(ssl_context).__name__}"
+        )
+
+
+def _unreachable(loop: asyncio.AbstractEventLoop | None) -> bool:
+    # Another loop, open but not running: nothing can run a close on it now.
+    return (
+        loop is not None
+        and loop is not _running_loop()
+        and not (loop.is_closed() or loop.is_running())
+    )
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def _release_orphaned(session: aiohttp.ClientSession) -> None:
+    # The session's loop is closed: its sockets are closed directly, then close() only
+    # marks the session closed (it no longer touches that loop).
+    connector = session.connector
+    if isinstance(connector, LeanConnector):
+        connector.close_orphaned()
+    await session.close()

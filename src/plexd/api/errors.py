@@ -27,6 +27,10 @@ class ArgumentError(PlexdError, ValueError):
     """An argument passed to the package cannot work (an empty node id, a size below 1)."""
 
 
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument of the wrong type (e.g. a Python value where raw JSON belongs)."""
+
+
 class ClientClosedError(PlexdError):
     """The client was used after it was closed; closing is final."""
 
@@ -188,14 +192,22 @@ class _Problem(msgspec.Struct):
 
 
 def _problem_members(body: bytes) -> tuple[str, str, str]:
+    # A problem body is the server's word, not ours to trust: anything that does not
+    # decode (nesting too deep for the decoder included) leaves the members empty.
     try:
         problem = msgspec.json.decode(body, type=_Problem)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return "", "", ""
-    return tuple(  # type: ignore[return-value]
-        "" if v is None else v if isinstance(v, str) else str(v)
-        for v in (problem.title, problem.detail, problem.code)
-    )
+    return (_member(problem.title), _member(problem.detail), _member(problem.code))
+
+
+def _member(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    # null, or a list or an object where text belongs: nothing to show.
+    return ""
 
 
 def from_response(

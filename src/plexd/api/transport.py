@@ -13,6 +13,11 @@ this module deals with each:
   once interleave that with what the connections keep, leaving ~19 KiB of
   unusable heap per connection. :class:`LeanConnector` runs at most
   :data:`TLS_HANDSHAKE_LIMIT` TLS connection set-ups per server at a time.
+
+It also cleans up after the transport: :func:`scrub_transport_error` takes the
+token and URL passwords out of an aiohttp exception, and
+:meth:`LeanConnector.close_orphaned` closes the sockets of a connector whose
+event loop is gone.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import socket
 import ssl
 import threading
 import weakref
@@ -27,6 +33,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from .config import redact_url
+from .errors import ArgumentError
 
 # Concurrent TLS connection set-ups (TCP connect + handshake) per server and
 # event loop. The handshakes run on the loop's thread anyway: a queue this long
@@ -49,8 +60,8 @@ def set_tls_handshake_limit(limit: int) -> None:
     sooner with a higher limit, at the cost of memory. 0 means no limit. Applies to
     connections opened after the call.
     """
-    if limit < 0:
-        raise ValueError(f"limit: must not be negative, got {limit}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ArgumentError(f"limit: must be an int, not negative, got {limit!r}")
     global _handshake_limit
     with _handshake_slots_lock:
         _handshake_limit = limit
@@ -132,11 +143,42 @@ class LeanConnector(aiohttp.TCPConnector):
     Time spent waiting for a slot counts against the connect timeout.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+
     async def _wrap_create_connection(self, *args: Any, **kwargs: Any) -> Any:
         async with _set_up_slot(kwargs):
             transport, protocol = await super()._wrap_create_connection(*args, **kwargs)
         share_tls_read_buffer(transport)
+        self._transports.add(transport)
         return transport, protocol
+
+    def close_orphaned(self) -> None:
+        """Close the sockets of every connection once the event loop they ran on is closed.
+
+        ``close()`` cannot: a transport closes through its loop. Left alone, each would
+        warn (ResourceWarning) when collected. A no-op while the loop is open.
+        """
+        if not self._loop.is_closed():
+            return
+        for transport in list(self._transports):
+            _close_orphaned_transport(transport)
+        self._transports.clear()
+
+
+def _close_orphaned_transport(transport: asyncio.BaseTransport) -> None:
+    # asyncio internals, guarded as in share_tls_read_buffer: a TLS transport wraps the
+    # socket transport; both warn in __del__ unless marked closed.
+    ssl_protocol = getattr(transport, "_ssl_protocol", None)
+    if ssl_protocol is not None:
+        if hasattr(transport, "_closed"):
+            transport._closed = True
+        transport = getattr(ssl_protocol, "_transport", None) or transport
+    sock = getattr(transport, "_sock", None)
+    if isinstance(sock, socket.socket):
+        transport._sock = None  # type: ignore[attr-defined]
+        sock.close()
 
 
 @contextlib.asynccontextmanager
@@ -154,3 +196,68 @@ async def _set_up_slot(set_up: dict[str, Any]) -> AsyncIterator[None]:
         yield
     finally:
         slot.release()
+
+
+# --- secrets in transport exceptions ------------------------------------------------
+
+_SECRET_HEADERS = ("Authorization", "Proxy-Authorization", "Cookie")
+_MASK = "***"
+
+
+def scrub_transport_error(exc: BaseException) -> None:
+    """Remove the token and URL passwords from ``exc`` and every exception chained to it.
+
+    In place, so that the exception stays the ``__cause__`` (and ``__context__``) of the
+    PlexdError raised for it: aiohttp's ClientResponseError carries the request's
+    headers (``Authorization``) and URL in its ``request_info``, its ``history`` and its
+    repr.
+    """
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        _scrub_one(current)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+
+
+def _scrub_one(exc: BaseException) -> None:
+    state = getattr(exc, "__dict__", {})
+    for name, value in list(state.items()):
+        cleaned = _scrubbed(value)
+        if cleaned is not value:
+            state[name] = cleaned
+    args = tuple(_scrubbed(arg) for arg in exc.args)
+    if any(new is not old for new, old in zip(args, exc.args, strict=True)):
+        exc.args = args
+
+
+def _scrubbed(value: Any) -> Any:
+    """``value`` without secrets (the same object when it holds none)."""
+    if isinstance(value, aiohttp.RequestInfo):
+        return _scrubbed_request_info(value)
+    if isinstance(value, URL):
+        return value.with_password(_MASK) if value.password else value
+    if isinstance(value, str):
+        cleaned = redact_url(value)
+        return value if cleaned == value else cleaned
+    if isinstance(value, aiohttp.ClientResponse):
+        # A redirect's response: its request_info holds the headers. Only a summary stays.
+        return f"<{value.status} {_scrubbed(value.url)}>"
+    if isinstance(value, tuple) and any(_scrubbed(item) is not item for item in value):
+        return tuple(_scrubbed(item) for item in value)
+    return value
+
+
+def _scrubbed_request_info(info: aiohttp.RequestInfo) -> aiohttp.RequestInfo:
+    headers = CIMultiDict(info.headers)
+    for name in _SECRET_HEADERS:
+        if name in headers:
+            headers[name] = _MASK
+    return aiohttp.RequestInfo(
+        _scrubbed(info.url), info.method, CIMultiDictProxy(headers), _scrubbed(info.real_url)
+    )

@@ -16,13 +16,20 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeAlias, TypeVar, 
 
 import msgspec
 
-from .errors import EnvelopeError, PlexdError, ResponseError
+from .errors import ArgumentError, ArgumentTypeError, EnvelopeError, PlexdError, ResponseError
 
 T = TypeVar("T")
 
 # Go's zero time.Time, which a Go server sends for a time it never set.
 ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
 NULL = msgspec.Raw(b"null")
+
+# What msgspec raises for a value JSON cannot hold, and for bytes that are not JSON.
+# RecursionError: nesting deeper than msgspec's limit (``[`` x 5000) in either direction.
+JSON_ENCODE_ERRORS = (
+    TypeError, ValueError, UnicodeError, OverflowError, RecursionError, msgspec.EncodeError,
+)  # fmt: skip
+JSON_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 class NaiveDatetimeError(PlexdError, ValueError):
@@ -147,7 +154,7 @@ def _as_raw(cls: type, name: str, value: Any) -> msgspec.Raw:
         return msgspec.Raw(bytes(value))
     if isinstance(value, msgspec.Raw):
         return value
-    raise TypeError(
+    raise ArgumentTypeError(
         f"{cls.__name__}.{name} is raw JSON: pass msgspec.Raw or bytes of JSON text, "
         f"or raw_json(value) for a Python value (got {type(value).__name__})"
     )
@@ -242,8 +249,14 @@ def check_times(value: Any) -> None:
 
 
 def raw_json(value: Any) -> msgspec.Raw:
-    """Encode a Python value as a raw JSON field (for payload/data/subject/object)."""
-    return msgspec.Raw(msgspec.json.encode(value))
+    """Encode a Python value as a raw JSON field (for payload/data/subject/object).
+
+    Raises :class:`ArgumentError` for a value JSON cannot hold (or nested too deep).
+    """
+    try:
+        return msgspec.Raw(msgspec.json.encode(value))
+    except JSON_ENCODE_ERRORS as exc:
+        raise ArgumentError(f"raw_json: cannot encode the value as JSON: {exc}") from None
 
 
 def decode_raw(raw: msgspec.Raw | bytes, type: type[T] = Any) -> T:  # type: ignore[assignment]
@@ -255,7 +268,7 @@ def decode_raw(raw: msgspec.Raw | bytes, type: type[T] = Any) -> T:  # type: ign
         return msgspec.json.decode(bytes(raw), type=type)
     except msgspec.ValidationError as exc:
         raise ResponseError(f"raw JSON field does not fit the expected type: {exc}") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except JSON_DECODE_ERRORS as exc:
         raise ResponseError(f"raw JSON field is not valid JSON: {exc}") from None
 
 
@@ -737,13 +750,13 @@ class SignedEnvelope:
         if issued_at_nanos is None:
             issued_at_nanos = issued_at.microsecond * 1000
         elif not 0 <= issued_at_nanos < _NANOS_PER_SECOND:
-            raise ValueError("issued_at_nanos must be within 0..999999999")
+            raise ArgumentError("issued_at_nanos must be within 0..999999999")
         elif issued_at_nanos // 1000 != issued_at.microsecond:
-            raise ValueError("issued_at_nanos does not agree with issued_at's microseconds")
+            raise ArgumentError("issued_at_nanos does not agree with issued_at's microseconds")
         text = format_rfc3339nano(issued_at, issued_at_nanos)
         if issued_at_text is not None and issued_at_text != text:
             # The signed message holds this text: a second, different one would be signed wrong.
-            raise ValueError(
+            raise ArgumentError(
                 f"issued_at_text {issued_at_text!r} is not Go's RFC3339Nano form of issued_at "
                 f"({text!r})"
             )
@@ -771,7 +784,7 @@ class SignedEnvelope:
             return msgspec.json.decode(bytes(self.payload), type=type)
         except msgspec.ValidationError as exc:
             raise EnvelopeError(f"payload does not fit the expected type: {exc}") from exc
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        except JSON_DECODE_ERRORS as exc:
             raise EnvelopeError(f"payload is not valid JSON: {exc}") from exc
 
     def __eq__(self, other: object) -> bool:

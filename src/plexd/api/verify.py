@@ -27,6 +27,7 @@ import nacl.signing
 
 from .errors import ConfigError, EnvelopeError, VerificationError
 from .types import (
+    JSON_ENCODE_ERRORS,
     ZERO_TIME,
     EventType,
     NaiveDatetimeError,
@@ -542,7 +543,7 @@ def _payload_bytes(payload: Any) -> bytes:
     try:
         # Go sorts map keys; struct fields keep their order.
         encoded = msgspec.json.encode(payload, order="deterministic")
-    except (TypeError, ValueError, UnicodeError, OverflowError) as exc:
+    except JSON_ENCODE_ERRORS as exc:
         raise EnvelopeError(f"payload cannot be encoded as JSON: {exc}") from None
     return _PAYLOAD_HTML.sub(_html_escape, encoded)
 
