@@ -43,7 +43,7 @@ from plexd.cli.errors import (
     error_line,
     exit_code_for,
 )
-from plexd.cli.output import MASK, event_line, json_document
+from plexd.cli.output import MASK, event_line, is_secret_key, json_document, masked_payload
 from plexd.emulator import Emulator
 
 # Bounds every wait on a subprocess, so that a hanging command fails instead of blocking.
@@ -293,6 +293,29 @@ async def test_base_url_with_another_scheme_is_a_usage_error() -> None:
     assert "scheme" in assert_one_error_line(result)
 
 
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://user:hunter2@127.0.0.1:9",
+        "http://user:hunter2@",
+        "http://user:hunter2@/path",
+        "http://hunter2@127.0.0.1:9",
+        "http://user:hunter2@:80",
+    ],
+)
+async def test_ping_never_prints_the_base_url_password(base_url: str) -> None:
+    result = await run_cli("ping", "--base-url", base_url, env=cli_env())
+    assert result.returncode == EXIT_USAGE
+    line = assert_one_error_line(result)
+    assert "hunter2" not in result.stdout + result.stderr, line
+
+
+async def test_ping_with_a_query_in_the_base_url_is_a_usage_error(emulator: Emulator) -> None:
+    result = await run_cli("ping", "--base-url", f"{emulator.url}?tenant=7", env=cli_env())
+    assert result.returncode == EXIT_USAGE
+    assert "query" in assert_one_error_line(result)
+
+
 async def test_server_error_exits_1(emulator: Emulator, node_env: dict[str, str]) -> None:
     emulator.set_faults(node_env["PLEXD_NODE_ID"], status=500, status_scope="all")
     result = await run_cli("state", env=node_env)
@@ -363,6 +386,40 @@ async def test_watch_prints_one_json_line_per_verified_event(
     }
     assert (second["event_type"], second["event_id"]) == ("policy_updated", "2")
     assert second["payload"] == {"id": "policy-1"}
+
+
+SECRET_PAYLOAD = {
+    "id": "peer-1",
+    "psk": "psk-5ecret",
+    "nested": [{"ciphertext": "c1pher", "key": "db-password"}],
+    "bootstrapToken": "t0ken",
+    "node_secret_key": "n0de",
+    "empty_token": "",
+    "public_key": "not-a-secret",
+}
+
+
+async def test_watch_masks_secret_fields_in_payloads_unless_show_secrets(
+    emulator: Emulator, node_env: dict[str, str]
+) -> None:
+    emulator.publish(node_env["PLEXD_NODE_ID"], "peer_added", SECRET_PAYLOAD)
+    masked = await run_cli("watch", "--count", "1", env=node_env)
+    assert masked.returncode == EXIT_OK, masked.stderr
+    (line,) = parse_lines(masked.stdout)
+    assert line["payload"] == {
+        "id": "peer-1",
+        "psk": MASK,
+        "nested": [{"ciphertext": MASK, "key": "db-password"}],
+        "bootstrapToken": MASK,
+        "node_secret_key": MASK,
+        "empty_token": "",
+        "public_key": "not-a-secret",
+    }
+    for secret in ("psk-5ecret", "c1pher", "t0ken", "n0de"):
+        assert secret not in masked.stdout + masked.stderr
+    shown = await run_cli("watch", "--count", "1", "--show-secrets", env=node_env)
+    assert shown.returncode == EXIT_OK, shown.stderr
+    assert parse_lines(shown.stdout)[0]["payload"] == SECRET_PAYLOAD
 
 
 async def read_lines(stream: asyncio.StreamReader | None, count: int) -> list[str]:
@@ -612,3 +669,29 @@ def test_error_line_is_a_single_line() -> None:
     assert "\n" not in line and "\r" not in line
     assert line == "GET /v1/x: HTTP 500: first second third"
     assert error_line(KeyError("k")) == "unexpected KeyError: 'k'"
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["psk", "PSK", "ciphertext", "token", "bootstrap_token", "accessToken", "node_secret_key",
+     "nodeSecretKey", "node-secret-key", "password", "api_key", "apiKey", "private_key",
+     "preshared_key", "secret", "secrets", "tokens", "credentials"],
+)  # fmt: skip
+def test_keys_named_like_a_secret(key: str) -> None:
+    assert is_secret_key(key)
+
+
+@pytest.mark.parametrize(
+    "key", ["id", "key", "public_key", "signing_public_key", "secret_refs", "nonce", "tokenizer"]
+)
+def test_keys_not_named_like_a_secret(key: str) -> None:
+    assert not is_secret_key(key)
+
+
+def test_a_payload_that_cannot_be_read_is_masked_whole() -> None:
+    for payload in (b"[" * 5000 + b"]" * 5000, b'{"psk": "x"', b'"\xff"'):
+        assert masked_payload(payload) == b'"***"'
+    duplicate = b'{"psk": "secret", "psk": ""}'
+    assert b"secret" not in masked_payload(duplicate)
+    plain = b'{ "a" : 1.50 }'
+    assert masked_payload(plain) is plain

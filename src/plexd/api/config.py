@@ -75,15 +75,17 @@ class Config:
             )
 
 
-def _shown(value: object) -> object:
-    if not isinstance(value, str):
-        return value
-    # One URL: everything before its last "@" after the scheme is user information,
-    # whatever it holds (a password, or a token where the user name goes).
-    scheme, separator, rest = value.partition("://")
+def shown_url(url: str) -> str:
+    """One URL as it may be shown: its user information (everything between the scheme
+    and the last ``@``, a password or a token in the user's place) replaced by ``***``."""
+    scheme, separator, rest = url.partition("://")
     if separator and "@" in rest:
         return f"{scheme}://***@{rest.rpartition('@')[2]}"
-    return redact_url(value)
+    return redact_url(url)
+
+
+def _shown(value: object) -> object:
+    return shown_url(value) if isinstance(value, str) else value
 
 
 def _validate_base_url(base_url: object) -> None:
@@ -91,7 +93,7 @@ def _validate_base_url(base_url: object) -> None:
         raise ConfigError(f"base_url: must be a str, got {type(base_url).__name__}")
     if not base_url:
         raise ConfigError("base_url: must not be empty")
-    shown = redact_url(base_url)
+    shown = shown_url(base_url)
     if _BAD_URL_CHARS.search(base_url):
         raise ConfigError(f"base_url: whitespace or a control character in {shown!r}")
     try:

@@ -21,7 +21,7 @@ import nacl.public
 
 from plexd.api import __version__
 from plexd.api.client import ControlPlane
-from plexd.api.config import Config
+from plexd.api.config import Config, shown_url
 from plexd.api.errors import ConfigError
 from plexd.api.transport import build_ssl_context
 from plexd.api.types import HeartbeatRequest, RegisterRequest
@@ -330,7 +330,7 @@ def ping() -> None:
             await client.ping()
 
     asyncio.run(call())
-    click.echo(f"{conn.base_url} is up")
+    click.echo(f"{shown_url(conn.base_url)} is up")
 
 
 @command
@@ -492,6 +492,7 @@ def deregister(node_id: str) -> None:
 @click.option(
     "-n", "--count", type=click.IntRange(min=1), help="Exit after printing this many events."
 )
+@show_secrets_option
 @click.option(
     "--reconnect-delay",
     type=click.FloatRange(min=0.001),
@@ -524,9 +525,13 @@ def watch(
     reconnect_delay: float,
     max_reconnect_delay: float,
     idle_timeout: float,
+    show_secrets: bool,
 ) -> None:
     """Stream the node's events, one JSON line each (event_type, event_id, issued_at,
     payload), until Ctrl-C.
+
+    Secret fields in a payload (psk, ciphertext, tokens, keys named like a secret) show
+    as *** unless --show-secrets.
 
     Every event's signature is checked with --verify-key; a signing_key_rotated event
     switches to the new key. Events that fail verification are skipped with a warning on
@@ -548,6 +553,7 @@ def watch(
                 limit=count,
                 reconnect_delay=reconnect_delay,
                 max_reconnect_delay=max_reconnect_delay,
+                show_secrets=show_secrets,
             )
 
     run_until_interrupted(stream())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -39,11 +40,61 @@ def json_document(value: Any, *, show_secrets: bool = False) -> str:
     return msgspec.json.format(_encoder.encode(shown), indent=2).decode()
 
 
-def event_line(envelope: SignedEnvelope) -> str:
-    """One line of JSON for an event: its type, id, issue time and payload."""
+# A key named like a secret, once camelCase and dashes read as snake_case: the secret
+# fields of the wire types (token, psk, node_secret_key, ciphertext) and their kin.
+_SECRET_KEY = re.compile(
+    r"(?:^|_)(?:tokens?|psk|pre_?shared_key|ciphertext|secrets?|secret_key|private_key"
+    r"|api_?key|password|passwd|passphrase|credentials?)$"
+)
+_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a JSON key names a secret (``psk``, ``bootstrapToken``, ``node-secret-key``)."""
+    return _SECRET_KEY.search(_CAMEL_HUMP.sub("_", key).lower().replace("-", "_")) is not None
+
+
+def _mask_secret_keys(value: Any) -> tuple[Any, bool]:
+    # (value with every secret-named key's value masked, whether any key was secret-named)
+    if isinstance(value, dict):
+        found = False
+        out = {}
+        for key, item in value.items():
+            if is_secret_key(key):
+                out[key] = MASK if item else item
+                found = True
+            else:
+                out[key], nested = _mask_secret_keys(item)
+                found = found or nested
+        return out, found
+    if isinstance(value, list):
+        items = [_mask_secret_keys(item) for item in value]
+        return [item for item, _ in items], any(found for _, found in items)
+    return value, False
+
+
+def masked_payload(payload: bytes) -> bytes:
+    """An event payload with the value of every key named like a secret masked.
+
+    The bytes are kept as they are when no key is; a payload that cannot be read
+    (not JSON, nested too deep) is masked whole.
+    """
+    try:
+        value, found = _mask_secret_keys(msgspec.json.decode(payload))
+        return _encoder.encode(value) if found else payload
+    except (msgspec.DecodeError, msgspec.EncodeError, RecursionError):
+        return _encoder.encode(MASK)
+
+
+def event_line(envelope: SignedEnvelope, *, show_secrets: bool = False) -> str:
+    """One line of JSON for an event: its type, id, issue time and payload (the values
+    of keys named like a secret masked unless ``show_secrets``)."""
+    payload = bytes(envelope.payload)
+    if not show_secrets:
+        payload = masked_payload(payload)
     # Valid JSON can hold a line break only as whitespace between tokens (strings escape
     # theirs), so blanking them keeps the payload's meaning and the output one line.
-    payload = bytes(envelope.payload).replace(b"\r", b" ").replace(b"\n", b" ")
+    payload = payload.replace(b"\r", b" ").replace(b"\n", b" ")
     return _encoder.encode(
         {
             "event_type": envelope.event_type,

@@ -29,10 +29,12 @@ class EventPrinter:
         *,
         limit: int | None = None,
         write: Callable[[str], None] | None = None,
+        show_secrets: bool = False,
     ) -> None:
         self._manager = manager
         self._log = logger
         self._limit = limit
+        self._show_secrets = show_secrets
         self._write = write or _write_stdout
         self.printed = 0
         self.done = False
@@ -43,7 +45,7 @@ class EventPrinter:
             # already received chunk is still dispatched, and must not be printed.
             return
         try:
-            self._write(event_line(envelope))
+            self._write(event_line(envelope, show_secrets=self._show_secrets))
         except BrokenPipeError:
             self._stop()
             return
@@ -71,14 +73,16 @@ async def watch_events(
     limit: int | None = None,
     reconnect_delay: float | None = None,
     max_reconnect_delay: float | None = None,
+    show_secrets: bool = False,
 ) -> int:
     """Stream the node's events until ``limit`` events, shutdown or a permanent failure
-    (raised). Returns how many events were printed."""
+    (raised). Returns how many events were printed; secrets in payloads are masked
+    unless ``show_secrets``."""
     manager = SSEManager(client, verifier, logger)
     if reconnect_delay is not None and max_reconnect_delay is not None:
         manager.set_reconnect_intervals(reconnect_delay, max_reconnect_delay)
     manager.last_event_id = last_event_id
-    printer = EventPrinter(manager, logger, limit=limit)
+    printer = EventPrinter(manager, logger, limit=limit, show_secrets=show_secrets)
     for event_type in EventType:
         manager.register_handler(event_type, printer)
     await manager.start(node_id)
