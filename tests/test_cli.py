@@ -667,7 +667,8 @@ def test_exit_code_for_each_failure(error: BaseException, code: int) -> None:
 def test_error_line_is_a_single_line() -> None:
     line = error_line(ServerError(500, "first\nsecond\r\nthird", method="GET", path="/v1/x"))
     assert "\n" not in line and "\r" not in line
-    assert line == "GET /v1/x: HTTP 500: first second third"
+    # The server's line breaks show escaped (APIError's str), never raw.
+    assert line == "GET /v1/x: HTTP 500: first\\x0asecond\\x0d\\x0athird"
     assert error_line(KeyError("k")) == "unexpected KeyError: 'k'"
 
 

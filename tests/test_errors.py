@@ -134,3 +134,29 @@ def test_repr_shows_class_status_and_message() -> None:
     error = e.from_response(404, {}, b"no such node")
     assert repr(error) == "NotFoundError(status_code=404, message='no such node')"
     assert str(e.from_response(500, {}, b"")) == "HTTP 500"
+
+
+def test_str_escapes_control_characters_a_server_sent() -> None:
+    # A body that would forge a second log line and recolour a terminal.
+    body = b"oops\n2026-12-04 CRITICAL forged line\x1b[31m\r\xc2\x85\xe2\x80\xa8end"
+    error = e.from_response(503, {}, body, method="GET", path="/v1/x")
+    shown = str(error)
+    assert shown.isprintable(), shown
+    assert "oops\\x0a2026-12-04 CRITICAL forged line\\x1b[31m\\x0d\\x85\\u2028end" in shown
+    assert error.message == body.decode()  # the attribute keeps what was received
+
+
+def test_problem_detail_is_shown_escaped() -> None:
+    body = b'{"title": "t", "detail": "bad\\nINFO all good"}'
+    headers = {"Content-Type": "application/problem+json"}
+    error = e.from_response(400, headers, body)
+    assert error.detail == "bad\nINFO all good"
+    assert str(error) == "HTTP 400: bad\\x0aINFO all good"
+
+
+@pytest.mark.parametrize("text", ["plain", "é ü 日本", "tab\there", "", "\x7f", "\u2029"])
+def test_printable_leaves_nothing_unprintable(text: str) -> None:
+    shown = e.printable(text)
+    assert shown.isprintable()
+    if text.isprintable():
+        assert shown == text

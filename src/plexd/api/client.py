@@ -37,6 +37,7 @@ from .errors import (
     SSEIdleTimeoutError,
     SSEProtocolError,
     from_response,
+    printable,
 )
 from .transport import (
     LeanConnector,
@@ -111,7 +112,8 @@ def map_transport_error(exc: BaseException, what: str) -> PlexdError:
         return APITimeoutError(f"{what}: timed out connecting")
     if isinstance(exc, TimeoutError):
         return APITimeoutError(f"{what}: timed out")
-    detail = str(exc) or type(exc).__name__
+    # aiohttp's message may quote what the server sent (a bad status line, a header).
+    detail = printable(str(exc)) or type(exc).__name__
     return APIConnectionError(f"{what}: {detail}")
 
 
@@ -632,9 +634,10 @@ class ControlPlane:
         try:
             return self._decoder(Any if result_type is None else result_type).decode(raw)
         except msgspec.ValidationError as exc:
-            raise ResponseError(f"{call}: response is not a valid {name}: {exc}") from None
+            detail = printable(str(exc))
+            raise ResponseError(f"{call}: response is not a valid {name}: {detail}") from None
         except t.JSON_DECODE_ERRORS as exc:
-            shown = f" (Content-Type: {content_type})" if content_type else ""
+            shown = f" (Content-Type: {printable(content_type)})" if content_type else ""
             raise ResponseError(f"{call}: response is not valid JSON{shown}: {exc}") from None
 
     @contextlib.asynccontextmanager

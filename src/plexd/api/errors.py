@@ -15,6 +15,25 @@ MAX_ERROR_BODY = 4096
 PROBLEM_JSON = "application/problem+json"
 
 
+def printable(text: str) -> str:
+    """``text`` with every character ``repr()`` would escape shown escaped (``\\x0a``,
+    ``\\x1b``, ``\\u202e``...), for a message or a log line that shows what a server sent.
+
+    Raw, a line break would let a hostile server or proxy forge a log line, and an escape
+    sequence or a bidirectional override would rewrite what a terminal shows.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escaped(char) for char in text)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 class PlexdError(Exception):
     """Root of every exception plexd-api raises."""
 
@@ -75,7 +94,7 @@ class APIError(PlexdError):
 
     def __str__(self) -> str:
         where = f"{self.method} {self.path}: " if self.method else ""
-        text = self.detail or self.title or self.message.strip()
+        text = printable(self.detail or self.title or self.message.strip())
         return f"{where}HTTP {self.status_code}" + (f": {text}" if text else "")
 
     def __repr__(self) -> str:
