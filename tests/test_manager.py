@@ -15,7 +15,12 @@ from nacl.signing import SigningKey
 
 from plexd.api import Config, ControlPlane, SignedEnvelope
 from plexd.api.dispatch import EventDispatcher
-from plexd.api.errors import ForbiddenError, UnauthorizedError
+from plexd.api.errors import (
+    ArgumentError,
+    ClientClosedError,
+    ForbiddenError,
+    UnauthorizedError,
+)
 from plexd.api.manager import SSEManager
 from plexd.api.reconnect import ConnectionState
 from plexd.api.stream import SSEStream
@@ -499,3 +504,113 @@ async def test_shutdown_from_the_last_handler_of_a_batch_does_not_wait_for_bytes
     await asyncio.wait_for(manager.start(NODE), 1)
     assert manager.last_event_id == "1"
     await asyncio.sleep(0.05)  # no stray cancellation reaches the caller afterwards
+
+
+# --- issue 11: classification, Retry-After, hostile retry:, settings ----------------
+
+
+async def test_start_on_a_closed_client_raises_at_once(event_server: EventServer) -> None:
+    # Every PlexdError was transient: a closed client backed off forever (1, 2, 4 ... 60 s).
+    async with ControlPlane(Config(base_url=event_server.url), "test") as cp:
+        pass
+    manager = SSEManager(cp)
+    with pytest.raises(ClientClosedError):
+        await asyncio.wait_for(manager.start(NODE), 5)
+    assert manager.state is ConnectionState.DISCONNECTED
+    assert event_server.last_event_ids == []
+
+
+class VirtualTime:
+    """The manager's clock and sleep on virtual time; records every wait."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.waits.append(delay)
+        self.now += delay
+        await asyncio.sleep(0)
+
+
+def answer_with_retry_after(status: int, retry_after: str) -> Behaviour:
+    async def behaviour(request: web.Request, server: EventServer) -> web.StreamResponse:
+        return web.Response(status=status, text="busy", headers={"Retry-After": retry_after})
+
+    return behaviour
+
+
+def virtual_manager(client: ControlPlane, time: VirtualTime) -> SSEManager:
+    manager = SSEManager(
+        client, Ed25519Verifier(PUBLIC_KEY), clock=time.clock, sleep=time.sleep, jitter=lambda: 1.0
+    )
+    manager.set_polling_fallback(10**6, 60)
+    return manager
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_retry_after_of_429_and_503_is_honoured(
+    event_server: EventServer, client: ControlPlane, status: int
+) -> None:
+    event_server.log = [signed_event(1)]
+    event_server.script = [
+        answer_with_retry_after(status, "2"),
+        answer_with_retry_after(status, "0"),
+        answer_with_retry_after(status, "Thu, 01 Jan 1970 00:00:00 GMT"),  # past: 0
+        answer_with_retry_after(status, "-7"),  # unparsable: none
+        answer_with_retry_after(status, "1000000000000"),
+    ]
+    time = VirtualTime()
+    manager = virtual_manager(client, time)
+    manager.register_handler("peer_added", Collector(manager, 1))
+    await asyncio.wait_for(manager.start(NODE), 10)
+    # max(backoff, Retry-After): 2 beats 1; then the backoff 2, 4, 8; an hour at most.
+    assert time.waits == [2, 2, 4, 8, 3600]
+    assert len(event_server.last_event_ids) == 6
+
+
+async def test_a_server_retry_of_zero_does_not_make_a_hot_loop(
+    event_server: EventServer, client: ControlPlane
+) -> None:
+    async def retry_zero_then_close(
+        request: web.Request, server: EventServer
+    ) -> web.StreamResponse:
+        response = await open_stream(request)
+        await response.write(b"retry: 0\n\n")
+        return response
+
+    event_server.log = [signed_event(1)]
+    event_server.script = [retry_zero_then_close] * 5
+    time = VirtualTime()
+    manager = virtual_manager(client, time)
+    manager.register_handler("peer_added", Collector(manager, 1))
+    await asyncio.wait_for(manager.start(NODE), 10)
+    # 100 ms counts for 0 from the first wait on (retry: arrives before the close), doubling.
+    assert time.waits == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6])
+
+
+@pytest.mark.parametrize(
+    ("base", "maximum"), [(-1, 60), (float("nan"), 60), (1, float("nan")), (10, 5)]
+)
+def test_set_reconnect_intervals_refuses_nonsense(
+    client: ControlPlane, base: float, maximum: float
+) -> None:
+    manager = SSEManager(client)
+    with pytest.raises(ArgumentError):
+        manager.set_reconnect_intervals(base, maximum)
+    manager.set_reconnect_intervals(0, 0)  # reconnecting at once is the caller's choice
+
+
+@pytest.mark.parametrize(
+    ("after", "interval"), [(-1, 60), (float("nan"), 60), (300, 0), (300, float("inf"))]
+)
+def test_set_polling_fallback_refuses_nonsense(
+    client: ControlPlane, after: float, interval: float
+) -> None:
+    manager = SSEManager(client)
+    with pytest.raises(ArgumentError):
+        manager.set_polling_fallback(after, interval)
+    manager.set_polling_fallback(0, 0.01)

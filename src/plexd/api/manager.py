@@ -9,7 +9,13 @@ from collections.abc import Awaitable, Callable
 
 from .client import ControlPlane
 from .dispatch import EventDispatcher, EventHandler
-from .reconnect import ConnectionState, ReconnectEngine, ReconnectPolicy
+from .reconnect import (
+    ConnectionState,
+    ReconnectEngine,
+    ReconnectPolicy,
+    check_intervals,
+    check_polling,
+)
 from .stream import SSEStream
 from .types import EventType
 from .verify import EventVerifier, NoOpVerifier
@@ -22,7 +28,13 @@ class SSEManager:
     ``Last-Event-ID`` so the server replays exactly what was missed), falls back to
     polling after a long run of failures, and blocks until :meth:`shutdown` (returns
     None), until its task is cancelled (the cancellation propagates), or until a
-    permanent (403, 404, other 4xx) or auth (401) failure, which it raises.
+    permanent failure, which it raises: :class:`UnauthorizedError` (401, after
+    ``on_auth_failure``), another 4xx than 408, 425 and 429 or an unfollowed 3xx
+    (:class:`APIError`), :class:`ClientClosedError` (the client was closed), or any
+    other error that is not a network, timeout or stream problem (see
+    :func:`classify_error`). Network errors, idle timeouts, 5xx, 408, 425 and 429 are
+    retried for as long as it takes; 429 and 503 wait at least their Retry-After
+    (at most an hour).
 
     With an :class:`Ed25519Verifier` the manager follows ``signing_key_rotated``
     events itself (before user handlers run), so the verifier always holds the
@@ -94,12 +106,22 @@ class SSEManager:
         self._poll_func = fn
 
     def set_reconnect_intervals(self, base: float, max: float) -> None:
-        """Backoff base and cap, in seconds (defaults 1 and 60)."""
+        """Backoff base and cap, in seconds (defaults 1 and 60).
+
+        ``0 <= base <= max``, both finite, else :class:`ArgumentError`. A base of 0
+        reconnects at once (the caller's choice); a server's ``retry:`` replaces the
+        base later, never below 0.1 s.
+        """
+        check_intervals(base, max)
         self._policy.base = base
         self._policy.maximum = max
 
     def set_polling_fallback(self, after: float, interval: float) -> None:
-        """Poll after ``after`` seconds of continuous failure, every ``interval`` seconds."""
+        """Poll after ``after`` seconds of continuous failure, every ``interval`` seconds.
+
+        ``after >= 0`` and ``interval > 0``, both finite, else :class:`ArgumentError`.
+        """
+        check_polling(after, interval)
         self._policy.polling_after = after
         self._policy.poll_interval = interval
 

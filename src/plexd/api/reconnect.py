@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import random
 import threading
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from .errors import (
     APIConnectionError,
     APIError,
-    PlexdError,
+    ArgumentError,
     RateLimitError,
     SSEIdleTimeoutError,
     SSEProtocolError,
@@ -32,15 +33,26 @@ DEFAULT_BASE_DELAY = 1.0
 DEFAULT_MAX_DELAY = 60.0
 BACKOFF_MULTIPLIER = 2.0
 JITTER = 0.25
+# The exponent n of base * 2**n stops growing here: 2**64 times any base worth the name
+# is past every maximum, and 2.0**n itself overflows a float from n = 1024 (a 17-hour
+# outage at the defaults). A month of failures waits like the 10th.
+MAX_BACKOFF_EXPONENT = 64
 # Polling fallback after 5 minutes of continuous failure, polling every 60 s.
 DEFAULT_POLLING_AFTER = 300.0
 DEFAULT_POLL_INTERVAL = 60.0
 # A connection that stayed up this long is healthy even if it carried no event
 # (a quiet stream of keep-alives): it resets the backoff like one that delivered events.
 STABLE_CONNECTION = 60.0
+# A server's `retry:` below 100 ms counts as 100 ms: `retry: 0` must not turn every
+# reconnect into a hot loop. (A caller's own base of 0 stays allowed.)
+MIN_SERVER_RETRY = 0.1
+# A Retry-After is honoured up to an hour, beyond the backoff maximum; a longer one
+# (10**12 s, a date in the year 9999) would park the node for good.
+MAX_RETRY_AFTER = 3600.0
 
 # 4xx statuses that describe a passing condition rather than a wrong request.
 _TRANSIENT_4XX = frozenset({408, 425})
+_NEVER = math.inf
 
 
 class FailureAction(enum.Enum):
@@ -63,27 +75,34 @@ class ConnectionState(enum.Enum):
 
 
 def classify_error(exc: BaseException) -> FailureAction:
-    """Map a failure to an action.
+    """Map a failure to an action; the transient failures are listed, all else is permanent.
 
-    Network errors, timeouts, :class:`SSEIdleTimeoutError`, :class:`SSEProtocolError`,
-    any 5xx, 408 and 425 retry; 401 is an auth failure; 429 respects the server's
-    Retry-After; 403, 404, every other 4xx and an unfollowed 3xx are permanent: the
-    same request would fail the same way. Anything that is not a transport or
-    protocol problem (a bug, say) is permanent too, so it surfaces instead of
-    looping.
+    - ``RETRY_TRANSIENT``: :class:`APIConnectionError` (timeouts included),
+      :class:`SSEIdleTimeoutError`, :class:`SSEProtocolError`, and an :class:`APIError`
+      with a 5xx, 408 or 425 status. A 503 is ``RETRY_TRANSIENT`` even with a
+      ``Retry-After``: the action says what failed, and :class:`ReconnectPolicy` honours
+      the ``retry_after`` of any retried failure that carries one (429 and 503 do).
+    - ``RESPECT_SERVER``: 429.
+    - ``RETRY_AUTH``: 401 (the engine calls ``on_auth_failure`` and stops).
+    - ``PERMANENT_FAILURE``: everything else: 403, 404, every other 4xx, an unfollowed
+      3xx, a closed client (:class:`ClientClosedError`), :class:`ConfigError`,
+      :class:`ArgumentError`, :class:`EventLoopError`, any other :class:`PlexdError`,
+      and any exception the package does not raise on purpose (a bug): the same
+      attempt would fail the same way, so it surfaces instead of looping.
     """
     if isinstance(exc, APIError):
-        status = exc.status_code
-        if status == 401:
-            return FailureAction.RETRY_AUTH
-        if status == 429:
-            return FailureAction.RESPECT_SERVER
-        if status >= 500 or status in _TRANSIENT_4XX:
-            return FailureAction.RETRY_TRANSIENT
-        return FailureAction.PERMANENT_FAILURE
-    if isinstance(
-        exc, APIConnectionError | SSEIdleTimeoutError | SSEProtocolError | PlexdError | OSError
-    ):
+        return _classify_status(exc.status_code)
+    if isinstance(exc, APIConnectionError | SSEIdleTimeoutError | SSEProtocolError):
+        return FailureAction.RETRY_TRANSIENT
+    return FailureAction.PERMANENT_FAILURE
+
+
+def _classify_status(status: int) -> FailureAction:
+    if status == 401:
+        return FailureAction.RETRY_AUTH
+    if status == 429:
+        return FailureAction.RESPECT_SERVER
+    if status >= 500 or status in _TRANSIENT_4XX:
         return FailureAction.RETRY_TRANSIENT
     return FailureAction.PERMANENT_FAILURE
 
@@ -95,6 +114,40 @@ def always_retry(exc: BaseException) -> FailureAction:
     return FailureAction.RETRY_TRANSIENT
 
 
+def retry_after_of(error: BaseException | None) -> float:
+    """The wait a failure's ``retry_after`` asks for: 0 when absent, zero, negative,
+    past or not a number; at most :data:`MAX_RETRY_AFTER`."""
+    value = getattr(error, "retry_after", None)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    if math.isnan(value) or value <= 0:
+        return 0.0
+    return min(float(value), MAX_RETRY_AFTER)
+
+
+def check_intervals(base: float, maximum: float) -> None:
+    """Raise :class:`ArgumentError` unless ``0 <= base <= maximum``, both finite."""
+    _check_seconds("base", base)
+    _check_seconds("max", maximum)
+    if maximum < base:
+        raise ArgumentError(f"max ({maximum!r}) must not be below base ({base!r})")
+
+
+def check_polling(after: float, interval: float) -> None:
+    """Raise :class:`ArgumentError` unless ``after >= 0`` and ``interval > 0``, both finite."""
+    _check_seconds("after", after)
+    _check_seconds("interval", interval)
+    if interval <= 0:
+        raise ArgumentError(f"interval must be above 0 seconds, got {interval!r}")
+
+
+def _check_seconds(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ArgumentError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ArgumentError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+
+
 class StopRequested(Exception):
     """Raised by an attempt that saw :attr:`ReconnectEngine.stopped` and stopped early."""
 
@@ -102,6 +155,7 @@ class StopRequested(Exception):
 class Step(enum.Enum):
     """The kind of a :class:`Decision`."""
 
+    CONNECT = "connect"
     WAIT = "wait"
     POLL = "poll"
     STOP = "stop"
@@ -109,7 +163,10 @@ class Step(enum.Enum):
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do after an attempt: wait ``delay`` seconds, poll then wait, or stop."""
+    """One step: connect now, wait ``delay`` seconds, poll now, or stop.
+
+    After a failed attempt, ``delay`` is the time until the next attempt may start.
+    """
 
     step: Step
     delay: float = 0.0
@@ -119,12 +176,19 @@ class Decision:
 class ReconnectPolicy:
     """The reconnection rules of API.md as a plain state object (no I/O, no clock).
 
-    The n-th consecutive failed attempt is followed by
-    ``min(base * 2**n, max) * uniform(0.75, 1.25)``; every disconnect waits, a
-    clean close included. A connection that delivered an event, or stayed up
-    ``stable_after`` seconds, resets n and ends the run of failures. Polling starts
-    once a run of failures has lasted ``polling_after`` seconds (never when
-    ``polling_after`` is None) and lasts until a connection succeeds.
+    It keeps two deadlines as numbers: when the next connection attempt may start, and
+    (while polling) when the next poll is due; :meth:`next_step` says what to do at a
+    given time. The n-th consecutive failed attempt is followed by
+    ``min(base * 2**n, max) * jitter`` (n stops growing at :data:`MAX_BACKOFF_EXPONENT`),
+    or by the failure's ``retry_after`` (429, 503; at most :data:`MAX_RETRY_AFTER`) when
+    that is longer. Every disconnect waits, a clean close included. A connection that
+    delivered an event, or stayed up ``stable_after`` seconds, resets n and ends the
+    run of failures. Polling starts once a run of failures has lasted
+    ``polling_after`` seconds (never when it is None), on time even in the middle of a
+    long wait; while polling, a poll comes every ``poll_interval`` and an attempt
+    follows each poll, though never before a Retry-After deadline; the first
+    connection ends polling. A server's ``retry:`` below ``min_server_retry`` counts
+    as ``min_server_retry``.
     """
 
     def __init__(
@@ -135,48 +199,65 @@ class ReconnectPolicy:
         polling_after: float | None = DEFAULT_POLLING_AFTER,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         stable_after: float = STABLE_CONNECTION,
+        min_server_retry: float = MIN_SERVER_RETRY,
     ) -> None:
         self.base = base
         self.maximum = maximum
         self.polling_after = polling_after
         self.poll_interval = poll_interval
         self.stable_after = stable_after
+        self.min_server_retry = min_server_retry
         self.failures = 0
         self.failing_since: float | None = None
         self.polling = False
         self._connected_at: float | None = None
-        self._events = 0
+        self._delivered = False
         self._reconnect_now = False
+        self._attempt_at = -_NEVER
+        self._retry_after_until = -_NEVER
+        self._poll_at = _NEVER
+        self._last_now: float | None = None
 
     # --- what happened ----------------------------------------------------
 
     def attempt_started(self) -> None:
         """A new connection attempt begins."""
         self._connected_at = None
-        self._events = 0
+        self._delivered = False
 
     def connected(self, now: float) -> None:
         """The attempt got a usable response; polling, if on, ends."""
+        self._observe(now)
         self._connected_at = now
         self.polling = False
 
     def event_delivered(self) -> None:
         """The current connection delivered an event."""
-        self._events += 1
+        self._delivered = True
 
     def server_retry(self, milliseconds: int) -> None:
-        """The server's ``retry:`` replaces the base interval for later connections."""
-        self.base = milliseconds / 1000.0
+        """The server's ``retry:`` replaces the base interval for later connections
+        (at least ``min_server_retry``; the maximum still caps every backoff delay)."""
+        seconds = max(milliseconds, 0) / 1000.0
+        self.base = max(seconds, self.min_server_retry)
 
     def reconnect_now(self) -> None:
         """The current connection is being dropped on purpose: reconnect without waiting."""
         self._reconnect_now = True
 
+    def polled(self, now: float) -> None:
+        """A poll finished: the next one is due ``poll_interval`` later, and the next
+        attempt then too, unless a Retry-After deadline is later still."""
+        self._observe(now)
+        self._poll_at = now + self.poll_interval
+        self._attempt_at = max(self._poll_at, self._retry_after_until)
+
     # --- what to do -------------------------------------------------------
 
     def delay(self, jitter: float) -> float:
         """The wait after the current failure count, ``jitter`` drawn from [0.75, 1.25]."""
-        return min(self.base * BACKOFF_MULTIPLIER**self.failures, self.maximum) * jitter
+        exponent = min(self.failures, MAX_BACKOFF_EXPONENT)
+        return min(self.base * BACKOFF_MULTIPLIER**exponent, self.maximum) * jitter
 
     def after_attempt(
         self,
@@ -185,48 +266,93 @@ class ReconnectPolicy:
         now: float,
         jitter: float,
     ) -> Decision:
-        """Decide what follows an attempt that ended with ``error`` (None: a clean close)."""
+        """Record how an attempt ended (``error`` None: a clean close); STOP or WAIT."""
+        self._observe(now)
         if action in (FailureAction.PERMANENT_FAILURE, FailureAction.RETRY_AUTH):
             return Decision(Step.STOP, action=action)
         if self._reconnect_now:
             self._reconnect_now = False
-            return Decision(Step.WAIT, 0.0, action)
-        if self._succeeded(now):
-            self.failures = 0
-            self.failing_since = None
-            return Decision(Step.WAIT, self.delay(jitter), action)
+            self._attempt_at = now
+        elif self._succeeded(now):
+            self._end_failing()
+            self._attempt_at = now + self.delay(jitter)
+        else:
+            self._failed(error, now, jitter)
+        return Decision(Step.WAIT, max(self._attempt_at - now, 0.0), action)
+
+    def next_step(self, now: float) -> Decision:
+        """What to do at ``now``: CONNECT, POLL, or WAIT ``delay`` seconds (never 0)."""
+        self._observe(now)
+        if not self.polling and now >= self._polling_starts_at():
+            self.polling = True
+            return Decision(Step.POLL)
+        if now >= self._attempt_at:
+            return Decision(Step.CONNECT)
+        if self.polling and now >= self._poll_at:
+            return Decision(Step.POLL)
+        wake = min(self._attempt_at, self._poll_at if self.polling else self._polling_starts_at())
+        return Decision(Step.WAIT, wake - now)
+
+    # --- internals --------------------------------------------------------
+
+    def _failed(self, error: BaseException | None, now: float, jitter: float) -> None:
         if self.failing_since is None:
             self.failing_since = now
-        delay = self.delay(jitter)
-        self.failures += 1
-        retry_after = getattr(error, "retry_after", None)
-        if action is FailureAction.RESPECT_SERVER and retry_after is not None:
-            delay = max(float(retry_after), 0.0)
+        backoff = self.delay(jitter)
+        self.failures = min(self.failures + 1, MAX_BACKOFF_EXPONENT)
+        self._retry_after_until = now + retry_after_of(error)
         if self.polling:
-            return Decision(Step.POLL, self.poll_interval, action)
-        return Decision(Step.WAIT, delay, action)
+            # Poll now; the next attempt follows the poll after that, as polled() sets.
+            self._poll_at = now
+            self._attempt_at = max(now + self.poll_interval, self._retry_after_until)
+        else:
+            self._attempt_at = max(now + backoff, self._retry_after_until)
 
-    def should_start_polling(self, now: float) -> bool:
-        """After a backoff wait: has the run of failures lasted long enough to poll?"""
+    def _end_failing(self) -> None:
+        self.failures = 0
+        self.failing_since = None
+        self.polling = False
+        self._retry_after_until = -_NEVER
+        self._poll_at = _NEVER
+
+    def _polling_starts_at(self) -> float:
         if self.polling_after is None or self.failing_since is None:
-            return False
-        if now - self.failing_since >= self.polling_after:
-            self.polling = True
-        return self.polling
+            return _NEVER
+        return self.failing_since + self.polling_after
 
     def _succeeded(self, now: float) -> bool:
-        if self._events:
+        if self._delivered:
             return True
         return self._connected_at is not None and now - self._connected_at >= self.stable_after
+
+    def _observe(self, now: float) -> None:
+        # A clock that went back (a wall clock set back, a suspended VM) would stretch
+        # every deadline by the jump: move them all back with it.
+        last, self._last_now = self._last_now, now
+        if last is None or now >= last:
+            return
+        shift = now - last
+        self._attempt_at += shift
+        self._retry_after_until += shift
+        self._poll_at += shift
+        if self.failing_since is not None:
+            self.failing_since += shift
+        if self._connected_at is not None:
+            self._connected_at += shift
 
 
 class ReconnectEngine:
     """Runs connection attempts until stopped, waiting between them as the policy says.
 
+    A thin loop: it asks :meth:`ReconnectPolicy.next_step` what to do now (connect,
+    poll, or sleep until the next deadline) and does it. Every sleep is a plain
+    ``sleep`` that :meth:`stop` interrupts by cancellation.
+
     States: ``DISCONNECTED → CONNECTING → CONNECTED → (drop) → BACKOFF → CONNECTING``,
     ``CONNECTING → BACKOFF → CONNECTING``, ``BACKOFF → POLLING → CONNECTING``
-    (while polling, a failed attempt goes back to POLLING). Every change is logged
-    and passed to ``on_state_change``.
+    (while polling, a failed attempt goes back to POLLING, which also covers the
+    waits between polls). Every change is logged and passed to ``on_state_change``;
+    a callback that raises is logged, never a reason to stop.
 
     ``on_failure(error, decision)`` (plain or async) hears of every failed attempt.
     An attempt is a coroutine function that connects, calls :meth:`connected` once
@@ -336,34 +462,38 @@ class ReconnectEngine:
     async def _attempts(self, attempt: Callable[[], Awaitable[None]]) -> None:
         policy = self.policy
         while not self._stop_requested:
-            self._set_state(ConnectionState.CONNECTING)
-            policy.attempt_started()
-            error: Exception | None = None
-            try:
-                await attempt()
-            except Exception as exc:
-                error = exc
-            if self._stop_requested:
-                return
-            action = self._classify(error) if error is not None else None
-            decision = policy.after_attempt(error, action, self._clock(), self._jitter())
-            if error is not None:
-                await self._report(error, decision)
-            if decision.step is Step.STOP:
-                assert error is not None
-                if decision.action is FailureAction.RETRY_AUTH and self.on_auth_failure:
-                    self.on_auth_failure()
-                raise error
-            if decision.step is Step.POLL:
-                await self._poll_then_wait(decision.delay)
-                continue
-            self._set_state(ConnectionState.BACKOFF, delay=decision.delay)
-            await self._sleep(decision.delay)
-            if not self._stop_requested and policy.should_start_polling(self._clock()):
-                await self._poll_then_wait(policy.poll_interval)
+            decision = policy.next_step(self._clock())
+            if decision.step is Step.CONNECT:
+                await self._attempt(attempt)
+            elif decision.step is Step.POLL:
+                await self._poll()
+            else:
+                waiting = ConnectionState.POLLING if policy.polling else ConnectionState.BACKOFF
+                self._set_state(waiting, delay=decision.delay)
+                await self._sleep(decision.delay)
 
-    async def _poll_then_wait(self, interval: float) -> None:
-        self._set_state(ConnectionState.POLLING, delay=interval)
+    async def _attempt(self, attempt: Callable[[], Awaitable[None]]) -> None:
+        self._set_state(ConnectionState.CONNECTING)
+        self.policy.attempt_started()
+        error: Exception | None = None
+        try:
+            await attempt()
+        except Exception as exc:
+            error = exc
+        if self._stop_requested:
+            return
+        action = self._classify(error) if error is not None else None
+        decision = self.policy.after_attempt(error, action, self._clock(), self._jitter())
+        if error is not None:
+            await self._report(error, decision)
+        if decision.step is Step.STOP:
+            assert error is not None
+            if decision.action is FailureAction.RETRY_AUTH and self.on_auth_failure:
+                self._notify(self.on_auth_failure)
+            raise error
+
+    async def _poll(self) -> None:
+        self._set_state(ConnectionState.POLLING, delay=self.policy.poll_interval)
         if self.poll is not None:
             try:
                 await self.poll()
@@ -371,8 +501,15 @@ class ReconnectEngine:
                 self._log.warning(
                     "poll failed: %s: %s", type(exc).__name__, exc, extra={"error": str(exc)}
                 )
-        if not self._stop_requested:
-            await self._sleep(interval)
+        self.policy.polled(self._clock())
+
+    def _notify(self, callback: Callable[[], None]) -> None:
+        # A notification callback that raises is a bug of its own: logged, and the
+        # connection goes on (or stops) exactly as it would have.
+        try:
+            callback()
+        except Exception:
+            self._log.exception("event stream callback %r failed", callback)
 
     async def _report(self, error: Exception, decision: Decision) -> None:
         if self.on_failure is not None:
@@ -404,4 +541,5 @@ class ReconnectEngine:
                 extra={"delay": delay},
             )
         if self.on_state_change is not None:
-            self.on_state_change(state)
+            on_state_change = self.on_state_change
+            self._notify(lambda: on_state_change(state))
