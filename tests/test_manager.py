@@ -19,6 +19,7 @@ from plexd.api.errors import (
     ArgumentError,
     ClientClosedError,
     ForbiddenError,
+    PlexdError,
     UnauthorizedError,
 )
 from plexd.api.manager import SSEManager
@@ -518,6 +519,26 @@ async def test_start_on_a_closed_client_raises_at_once(event_server: EventServer
         await asyncio.wait_for(manager.start(NODE), 5)
     assert manager.state is ConnectionState.DISCONNECTED
     assert event_server.last_event_ids == []
+
+
+class BrokenVerifier:
+    """A verifier a user wrote, with a bug: every verify raises KeyError."""
+
+    async def verify(self, envelope: SignedEnvelope) -> None:
+        raise KeyError("missing key in the user's table")
+
+
+async def test_a_bug_in_a_user_verifier_surfaces_as_a_plexd_error(
+    event_server: EventServer,
+) -> None:
+    event_server.log.append(signed_event(1))
+    async with ControlPlane(Config(base_url=event_server.url), "test") as cp:
+        manager = SSEManager(cp, BrokenVerifier())
+        with pytest.raises(PlexdError) as raised:
+            await asyncio.wait_for(manager.start(NODE), 5)
+    assert "unexpected KeyError" in str(raised.value)
+    assert isinstance(raised.value.__cause__, KeyError)  # the original stays reachable
+    assert len(event_server.last_event_ids) == 1  # a bug is not retried
 
 
 class VirtualTime:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from .client import ControlPlane
 from .dispatch import EventDispatcher, EventHandler
+from .errors import PlexdError, printable
 from .reconnect import (
     ConnectionState,
     ReconnectEngine,
@@ -147,6 +148,15 @@ class SSEManager:
         self._engine.poll = self._poll_func or self._default_poll(node_id)
         try:
             await self._engine.run(lambda: stream.connect(node_id))
+        except PlexdError:
+            raise
+        except Exception as exc:
+            # A bug, here or in a verifier the caller wrote: it stops the stream (looping
+            # on it would hide it), as a PlexdError that keeps the original as its cause.
+            raise PlexdError(
+                f"event stream stopped by an unexpected {type(exc).__name__}: "
+                f"{printable(str(exc))}"
+            ) from exc
         finally:
             self._last_event_id = stream.last_event_id
             self._stream = None
