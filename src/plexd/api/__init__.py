@@ -8,6 +8,7 @@ from .errors import (
     APIError,
     APITimeoutError,
     ArgumentError,
+    ArgumentTypeError,
     BadRequestError,
     ClientClosedError,
     ConfigError,
@@ -29,6 +30,8 @@ from .errors import (
 from .eventsource import EventSource
 from .manager import SSEManager
 from .reconnect import (
+    MAX_RETRY_AFTER,
+    MIN_SERVER_RETRY,
     ConnectionState,
     FailureAction,
     ReconnectEngine,
@@ -93,6 +96,8 @@ from .verify import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_RETRY_AFTER",
+    "MIN_SERVER_RETRY",
     "TLS_HANDSHAKE_LIMIT",
     "APIConnectionError",
     "APIError",
@@ -100,6 +105,7 @@ __all__ = [
     "ActionInfo",
     "ActionParam",
     "ArgumentError",
+    "ArgumentTypeError",
     "ArtifactStream",
     "AuditEntry",
     "BadRequestError",
