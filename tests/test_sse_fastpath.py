@@ -49,7 +49,9 @@ class Trace:
 
     def outcome(self) -> Outcome:
         retries, oversizes = self.calls("retry"), self.calls("over")
-        return Outcome(self.items(), self.parser.last_event_id, retries, len(oversizes))
+        return Outcome(
+            self.items(), self.parser.last_event_id, retries, len(oversizes), self.parser.resume_id
+        )
 
 
 def trace(
@@ -69,7 +71,7 @@ def trace(
     )
     for chunk in chunks:
         log.append(parser.feed_items(chunk))
-        log.append(("last_event_id", parser.last_event_id))
+        log.append(("last_event_id", parser.last_event_id, parser.resume_id))
     return Trace(log, parser)
 
 
@@ -250,13 +252,20 @@ values = st.sampled_from(
 )
 
 
+# The header lines of an event; an id with a control character leaves the resume id as it was.
+HEADER_LINES = [
+    *("id: 7", "id: 12", "id: ", "id: a\x00b", "id: a\x0bb", "id: \x7f"),
+    *("event: add", "event: "),
+]
+
+
 @st.composite
 def event_blocks(draw: st.DrawFn) -> str:
     """An event as servers write it: id and event lines, data lines, a blank line; now
     and then with the id after the data, an empty or NUL id, or no data at all."""
     header = draw(
         st.lists(
-            st.sampled_from(["id: 7", "id: 12", "id: ", "id: a\x00b", "event: add", "event: "]),
+            st.sampled_from(HEADER_LINES),
             max_size=3,
         )
     )

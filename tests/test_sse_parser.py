@@ -17,11 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plexd.api.sse import (
+    MAX_RESUME_ID_BYTES,
     MAX_RETRY_MS,
     SSEComment,
     SSEEvent,
     SSEParser,
     _buffer_sizes,
+    is_header_safe,
 )
 
 BOM = b"\xef\xbb\xbf"
@@ -34,12 +36,23 @@ Item = SSEEvent | SSEComment
 @dataclasses.dataclass
 class Outcome:
     """Everything a stream produces: items in order, the final last event ID, the
-    reported retry values and the number of oversize reports."""
+    reported retry values, the number of oversize reports and the resume id."""
 
     items: list[Item]
     last_event_id: str
     retries: list[int]
     oversize_reports: int
+    resume_id: str
+
+
+def sendable(value: str) -> bool:
+    """The header rule, read literally: no control character but TAB, no surrogate, and
+    at most 4096 bytes of UTF-8."""
+    for char in value:
+        code = ord(char)
+        if (code < 0x20 and char != "\t") or code == 0x7F or 0xD800 <= code <= 0xDFFF:
+            return False
+    return len(value.encode("utf-8", "surrogatepass")) <= 4096
 
 
 def run_chunks(
@@ -56,7 +69,7 @@ def run_chunks(
     items: list[Item] = []
     for chunk in chunks:
         items.extend(parser.feed_items(chunk))
-    return Outcome(items, parser.last_event_id, retries, len(oversizes))
+    return Outcome(items, parser.last_event_id, retries, len(oversizes), parser.resume_id)
 
 
 def cut(stream: bytes, points: Iterable[int]) -> list[bytes]:
@@ -125,6 +138,7 @@ def reference_parse(
     data_buffer = ""
     type_buffer = ""
     id_buffer = last_event_id
+    resume_id = last_event_id if sendable(last_event_id) else ""
     dropped = False
     for line in lines:
         if len(line) > max_event_size:
@@ -134,6 +148,8 @@ def reference_parse(
             continue
         if line == "":
             last_event_id = id_buffer
+            if sendable(last_event_id):
+                resume_id = last_event_id
             if data_buffer and not dropped:
                 data = data_buffer[:-1] if data_buffer.endswith("\n") else data_buffer
                 if len(data) > max_event_size:
@@ -172,7 +188,7 @@ def reference_parse(
             value = unfinished_line[6:] if unfinished_line[5] == " " else unfinished_line[5:]
             if len(data_buffer) + len(value) > max_event_size:
                 oversize_reports += 1
-    return Outcome(items, last_event_id, retries, oversize_reports)
+    return Outcome(items, last_event_id, retries, oversize_reports, resume_id)
 
 
 # --------------------------------------------------------------------------- the API
@@ -895,3 +911,55 @@ def test_well_formed_events_round_trip(specs: list[tuple[str, list[str], str]], 
         stream += "".join(f"data: {line}{end}" for line in data_lines) + end
         expected.append(SSEEvent(event_type or "message", "\n".join(data_lines), event_id))
     assert events(stream.encode()) == expected
+
+
+# --------------------------------------------------------------------------- the resume id
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", True),
+        ("42", True),
+        ("a\tb", True),  # TAB is allowed in a field value
+        ("é ✓ 😀", True),  # sent as UTF-8, as a browser does
+        ("\x85\u2028", True),  # not controls to HTTP: their UTF-8 bytes are obs-text
+        ("a\x00b", False),
+        ("a\x0bb", False),
+        ("a\x1fb", False),
+        ("a\x7fb", False),
+        ("a\nb", False),
+        ("a\rb", False),
+        ("\ud800", False),  # no UTF-8 form
+        ("x" * MAX_RESUME_ID_BYTES, True),
+        ("x" * (MAX_RESUME_ID_BYTES + 1), False),
+        ("é" * (MAX_RESUME_ID_BYTES // 2), True),
+        ("é" * (MAX_RESUME_ID_BYTES // 2 + 1), False),  # counted in bytes, not characters
+    ],
+)
+def test_is_header_safe(value: str, expected: bool) -> None:
+    assert is_header_safe(value) is expected
+    assert sendable(value) is expected
+
+
+def test_is_header_safe_without_a_length_bound() -> None:
+    assert is_header_safe("x" * 100_000, max_bytes=None)
+    assert not is_header_safe("x" * 100_000 + "\n", max_bytes=None)
+
+
+def test_an_unsendable_id_is_kept_as_the_last_event_id_but_not_as_the_resume_id() -> None:
+    parser = SSEParser(last_event_id="1")
+    events = parser.feed(b"id: 2\n\nid: a\x0bb\ndata: x\n\ndata: y\n\n")
+    assert [e.id for e in events] == ["a\x0bb", "a\x0bb"]  # WHATWG: the id as received
+    assert parser.last_event_id == "a\x0bb"
+    assert parser.resume_id == "2"  # the most recent id a header can carry
+    parser.feed(b"id: 3\n\n")
+    assert parser.resume_id == parser.last_event_id == "3"
+    parser.feed(b"id\n\n")  # an empty id resets both: no Last-Event-ID is sent
+    assert parser.resume_id == parser.last_event_id == ""
+
+
+def test_an_unsendable_starting_id_gives_an_empty_resume_id() -> None:
+    parser = SSEParser(last_event_id="a\nb")
+    assert parser.resume_id == ""
+    assert parser.feed(b"data: x\n\n")[0].id == "a\nb"

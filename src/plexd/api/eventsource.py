@@ -77,17 +77,16 @@ async def run_connection(
     """One SSE connection: open it, check it, and parse its bytes until the server closes it.
 
     ``on_open`` is called once the response is usable; ``on_batch`` is awaited with
-    what each received chunk completed, before the next chunk is read. The read
-    timeout restarts with every chunk (keep-alive comments included) and raises
-    :class:`SSEIdleTimeoutError`.
+    what each received chunk completed (maybe nothing: the chunk may still have moved
+    the parser, by an ``id:`` alone or a skipped oversized event), before the next chunk
+    is read. The read timeout restarts with every chunk (keep-alive comments included)
+    and raises :class:`SSEIdleTimeoutError`.
     """
     async with open_stream() as response:
         require_event_stream(response)
         on_open(response)
         while chunk := await response.read_chunk(read_timeout):
-            batch = parse(chunk)
-            if batch:
-                await on_batch(batch)
+            await on_batch(parse(chunk))
 
 
 class _NoContent(PlexdError):

@@ -54,7 +54,15 @@ from dataclasses import dataclass
 from itertools import compress, repeat
 from typing import Any, cast
 
-__all__ = ["DEFAULT_MAX_EVENT_SIZE", "MAX_RETRY_MS", "SSEComment", "SSEEvent", "SSEParser"]
+__all__ = [
+    "DEFAULT_MAX_EVENT_SIZE",
+    "MAX_RESUME_ID_BYTES",
+    "MAX_RETRY_MS",
+    "SSEComment",
+    "SSEEvent",
+    "SSEParser",
+    "is_header_safe",
+]
 
 # API.md: the default bound on one event or one line.
 DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024
@@ -64,8 +72,42 @@ DEFAULT_EVENT_TYPE = "message"
 # its digit limit and from parsing a huge number.
 MAX_RETRY_MS = 2**63 - 1
 _MAX_RETRY_DIGITS = len(str(MAX_RETRY_MS))
+# The longest event id sent back as Last-Event-ID, in bytes of UTF-8. Servers refuse
+# much longer header lines (aiohttp's server: 8190 bytes, nginx: 8 KiB by default).
+MAX_RESUME_ID_BYTES = 4096
+# RFC 9110 5.5: no control character but TAB in a field value (aiohttp refuses them with
+# ValueError). A lone surrogate has no UTF-8 form (aiohttp's C writer drops it silently).
+_NOT_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
+# How much of a (maybe huge) event id a log line shows.
+_SHOWN_ID_LENGTH = 100
 # "data:" plus the one optional space: the shortest prefix of a data line before its value.
 _DATA_PREFIX = len("data:")
+
+
+def is_header_safe(value: str, max_bytes: int | None = MAX_RESUME_ID_BYTES) -> bool:
+    """Whether ``value`` can be sent as an HTTP header value (a ``Last-Event-ID``, say).
+
+    It must hold no control character other than TAB (no C0 control, no DEL; RFC 9110,
+    and aiohttp refuses them), no lone surrogate (no UTF-8 form), and be at most
+    ``max_bytes`` bytes once encoded as UTF-8 (None: no bound). Other non-ASCII text is
+    fine: it goes on the wire as UTF-8, as a browser's ``Last-Event-ID`` does.
+    """
+    # A character is at most 4 bytes of UTF-8: count the bytes only when it can matter.
+    if (
+        max_bytes is not None
+        and len(value) * 4 > max_bytes
+        and len(value.encode(errors="replace")) > max_bytes
+    ):
+        return False
+    # isprintable() is false for every character refused (and for a few allowed ones).
+    return value.isprintable() or _NOT_IN_HEADER.search(value) is None
+
+
+def shown_id(value: str) -> str:
+    """An event id for a log line or an error message: escaped, and cut if long."""
+    if len(value) <= _SHOWN_ID_LENGTH:
+        return repr(value)
+    return f"{value[:_SHOWN_ID_LENGTH]!r}... ({len(value)} characters)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +202,9 @@ class SSEParser:
     is read. See the module docstring for ``max_event_size`` and ``on_oversize``.
 
     ``last_event_id`` starts as the ``last_event_id`` argument (the ID a reconnecting
-    client had) and is updated by every blank line, as in WHATWG. Call :meth:`reset`
-    when a new connection starts.
+    client had) and is updated by every blank line, as in WHATWG. ``resume_id`` is the
+    most recent of those values that can be sent back as ``Last-Event-ID``
+    (:func:`is_header_safe`). Call :meth:`reset` when a new connection starts.
     """
 
     # The fast path runs on chunks holding at least this many characters of whole events:
@@ -183,6 +226,7 @@ class SSEParser:
         self._on_oversize = on_oversize
         self._max_event_size = max_event_size
         self._last_event_id = last_event_id
+        self._resume_id = last_event_id if is_header_safe(last_event_id) else ""
         self._comment_seen = False
         self.reset()
 
@@ -190,6 +234,15 @@ class SSEParser:
     def last_event_id(self) -> str:
         """The last event ID string: set from the ``id`` fields at each blank line."""
         return self._last_event_id
+
+    @property
+    def resume_id(self) -> str:
+        """The most recent last event ID that is a valid ``Last-Event-ID`` value.
+
+        Equal to :attr:`last_event_id` unless that one holds a control character or is
+        longer than ``MAX_RESUME_ID_BYTES``; such an id is skipped as a resume cursor.
+        """
+        return self._resume_id
 
     @property
     def max_event_size(self) -> int:
@@ -326,6 +379,11 @@ class SSEParser:
                     last_event_id = event_id
                 event_ids.append(last_event_id)
         self._last_event_id = self._id_buffer = event_ids[-1]
+        for event_id in reversed(ids):
+            # The most recent id that a header can carry (nearly always the last one).
+            if event_id is not None and is_header_safe(event_id):
+                self._resume_id = event_id
+                break
         return event_ids
 
     def _parse_lines(self, text: str, out: list[SSEEvent | SSEComment]) -> None:
@@ -382,6 +440,7 @@ class SSEParser:
         event_type = self._type
         id_buffer = self._id_buffer
         last_event_id = self._last_event_id
+        resume_id = self._resume_id
         max_event_size = self._max_event_size
         # Whether an event dispatched by these lines can be over the bound at all.
         may_overflow = self._data_size + new_size > max_event_size
@@ -435,7 +494,11 @@ class SSEParser:
                         more = discarded
                         self._report_oversize(int(name[1:]))
             else:
-                last_event_id = id_buffer
+                if id_buffer is not last_event_id:
+                    # Only after an id line: most events take the last event ID on as is.
+                    last_event_id = id_buffer
+                    if is_header_safe(id_buffer):
+                        resume_id = id_buffer
                 if data is not None and more is not discarded:
                     if more is not None:
                         data = "\n".join([data, *more])
@@ -453,6 +516,7 @@ class SSEParser:
         self._type = event_type
         self._id_buffer = id_buffer
         self._last_event_id = last_event_id
+        self._resume_id = resume_id
         self._data = data
         self._more_data = more
         if more is discarded:

@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 from .client import ControlPlane, EventStreamResponse
 from .dispatch import EventDispatcher
-from .errors import EnvelopeError, VerificationError
+from .errors import ArgumentError, EnvelopeError, VerificationError
 from .eventsource import run_connection
 from .reconnect import StopRequested
-from .sse import SSEEvent, SSEParser
+from .sse import SSEEvent, SSEParser, is_header_safe, shown_id
 from .types import SignedEnvelope, parse_envelope
 from .verify import EventVerifier, NoOpVerifier
 
@@ -25,6 +25,10 @@ class SSEStream:
     ``last_event_id`` advances only after an event's handlers finished (or the event
     was skipped as malformed or unverifiable), so the next :meth:`connect` sends a
     ``Last-Event-ID`` that never skips an event cut mid-way or still being handled.
+    A block that dispatches nothing (``id:`` alone, an oversized event) moves it too,
+    however the bytes were split. It is the most recent such id that is a valid header
+    value (:func:`is_header_safe`): an id with a control character, or longer than
+    ``MAX_RESUME_ID_BYTES``, is logged once and skipped as a cursor.
     The optional hooks let a reconnect loop follow the connection.
     """
 
@@ -53,12 +57,30 @@ class SSEStream:
         self._on_retry = on_retry
         self._stop_requested = stop_requested or (lambda: False)
         self._parser: SSEParser | None = None
-        self.last_event_id = ""
+        # The resume cursor, the last id the stream moved to (maybe not sendable), and
+        # the last unsendable id logged.
+        self._last_event_id = ""
+        self._seen_id = ""
+        self._rejected_id: str | None = None
+
+    @property
+    def last_event_id(self) -> str:
+        """What ``Last-Event-ID`` carries on the next :meth:`connect` ("" sends none)."""
+        return self._last_event_id
+
+    @last_event_id.setter
+    def last_event_id(self, value: str) -> None:
+        if not is_header_safe(value):
+            raise ArgumentError(
+                f"last_event_id {shown_id(value)} cannot be sent as a Last-Event-ID header"
+            )
+        self._last_event_id = self._seen_id = value
 
     async def connect(self, node_id: str) -> None:
         """Connect (with ``Last-Event-ID`` when there is one) and handle events until the
         server closes the stream; raises on a failed connect, a broken stream, an idle
         timeout or a response that is not ``text/event-stream``."""
+        self._seen_id = self._last_event_id
         parser = self._parser = SSEParser(
             on_retry=self._on_retry,
             max_event_size=self._max_event_size,
@@ -107,12 +129,30 @@ class SSEStream:
                     self._skip_unverifiable(event, envelope, exc)
                 else:
                     await dispatch(envelope)
-            self.last_event_id = event.id
-        if self._on_event is not None:
+            if event.id != self._seen_id:
+                self._advance(event.id)
+        if events and self._on_event is not None:
             self._on_event()
-        if self._parser is not None:
-            # An `id:` without data moves the stream's last event ID too.
-            self.last_event_id = self._parser.last_event_id
+        parser = self._parser
+        if parser is not None:
+            # Every block of the chunk is processed, those that dispatched nothing (an
+            # `id:` alone, an oversized event) included: the cursor follows the parser.
+            if parser.last_event_id != self._seen_id:
+                self._advance(parser.last_event_id)
+            self._last_event_id = parser.resume_id
+
+    def _advance(self, event_id: str) -> None:
+        self._seen_id = event_id
+        if is_header_safe(event_id):
+            self._last_event_id = event_id
+        elif event_id != self._rejected_id:
+            self._rejected_id = event_id
+            self._log.warning(
+                "event id %s cannot be sent as Last-Event-ID; resuming from %s instead",
+                shown_id(event_id),
+                shown_id(self._last_event_id),
+                extra={"sse_id": shown_id(event_id)},
+            )
 
     def _skip_malformed(self, event: SSEEvent, exc: EnvelopeError) -> None:
         self._log.warning(
