@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import re
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Literal, TypeVar, cast
+from typing import Literal, NoReturn, TypeVar, cast
 
 import aiohttp
 from multidict import CIMultiDict
@@ -29,16 +31,16 @@ from .client import (
     map_transport_error,
     raise_for_status,
 )
-from .errors import PlexdError, SSEProtocolError
+from .errors import APIError, APITimeoutError, ArgumentError, PlexdError, SSEProtocolError
 from .reconnect import (
     ConnectionState,
     Decision,
     FailureAction,
     ReconnectEngine,
     ReconnectPolicy,
-    always_retry,
+    Step,
 )
-from .sse import SSEComment, SSEEvent, SSEParser
+from .sse import SSEComment, SSEEvent, SSEParser, is_header_safe, shown_id
 from .transport import LeanConnector
 
 T = TypeVar("T")
@@ -53,6 +55,15 @@ _READ_AHEAD = 2
 # are alive at once, under the garbage collector's young-generation threshold (700),
 # so reading 256 KiB (~750 events) at a time never wakes the collector.
 PARSE_SLICE = 128 * 1024
+# 4xx statuses a browser's EventSource reconnects after: a passing condition, not a
+# wrong request. Every other 4xx ends the iteration.
+_RETRIED_4XX = frozenset({408, 425, 429})
+# Statuses whose Retry-After sets the wait (API.md).
+_RETRY_AFTER_STATUSES = frozenset({429, 503})
+# What a URL password shows as.
+MASK = "***"
+# RFC 9110 5.6.2: a method or a header name is a token.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 StreamOpener = Callable[[], contextlib.AbstractAsyncContextManager[EventStreamResponse]]
 
@@ -89,6 +100,11 @@ async def run_connection(
             await on_batch(parse(chunk))
 
 
+def shown_url(url: URL) -> str:
+    """``url`` for a repr, an error message or a log line: its password masked."""
+    return str(url.with_password(MASK)) if url.password is not None else str(url)
+
+
 class _NoContent(PlexdError):
     """The server answered 204: it wants no more reconnections."""
 
@@ -105,20 +121,54 @@ class _Marker:
 
 
 # Queue messages besides the chunks: a new connection begins (its bytes start a new
-# stream for the parser), and the end of the iteration.
+# stream for the parser), and a wake-up for a consumer waiting while nothing comes.
 _NEW_CONNECTION = _Marker()
-_END = _Marker()
+_WAKE = _Marker()
 _Message = bytes | _Failure | _Marker
+# How the connection task ended: the iteration ends cleanly, or with an error.
+_Outcome = PlexdError | None
+# The outcome while the connection task has not ended.
+_RUNNING = _Marker()
 
 
 def _unparsed(chunk: bytes) -> list[bytes]:
     return [chunk]
 
 
-def _classify(exc: BaseException) -> FailureAction:
-    if isinstance(exc, _NoContent):
-        return FailureAction.PERMANENT_FAILURE
-    return always_retry(exc)
+def classify(exc: BaseException) -> FailureAction:
+    """What an :class:`EventSource` does after a failed connection, as a browser would.
+
+    401, 403, 404, 410 and every other 4xx except 408, 425 and 429 stop it: retrying
+    cannot help (a 204, the server's "no more", never gets here). 429 and 503 respect
+    the server's Retry-After; any other status, an I/O error, a read timeout and a
+    response that is not an event stream reconnect. Anything that is not a
+    :class:`PlexdError` is a bug and stops it.
+    """
+    if isinstance(exc, APIError):
+        status = exc.status_code
+        if status in _RETRY_AFTER_STATUSES:
+            return FailureAction.RESPECT_SERVER
+        if 400 <= status < 500 and status not in _RETRIED_4XX:
+            return FailureAction.PERMANENT_FAILURE
+        return FailureAction.RETRY_TRANSIENT
+    if isinstance(exc, PlexdError):
+        return FailureAction.RETRY_TRANSIENT
+    return FailureAction.PERMANENT_FAILURE
+
+
+def _check_header(name: str, value: str) -> None:
+    if not (_TOKEN.fullmatch(name) and is_header_safe(value, max_bytes=None)):
+        raise ArgumentError(f"header {name!r} cannot be sent: a control character or a bad name")
+
+
+def _check_delay(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ArgumentError(f"{name} must be a finite number of seconds >= 0, got {value}")
+
+
+def _check_timeout(name: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ArgumentError(f"{name} must be None or a finite number of seconds > 0, got {value}")
 
 
 class EventSource:
@@ -134,9 +184,18 @@ class EventSource:
     Requests carry ``Accept: text/event-stream``, ``Cache-Control: no-cache``, the
     caller's headers, and ``Last-Event-ID`` when the last event ID is not empty.
     301/302/303/307/308 redirects are followed (``Authorization`` dropped when the
-    origin changes). Any other failure calls ``on_error`` once and reconnects after
-    the backoff delay (``reconnect_delay=0``: at once). Comments call ``on_comment``.
-    Callbacks run in stream order relative to the events.
+    origin changes). 401, 403, 404, 410 and every other 4xx except 408, 425 and 429
+    call ``on_error`` and then end the iteration by raising that :class:`APIError`.
+    Any other failure calls ``on_error`` once and reconnects after the backoff delay
+    (``reconnect_delay=0``: at once). Comments call ``on_comment``. Callbacks run in
+    stream order relative to the events.
+
+    ``last_event_id`` is the most recent event id, up to the last event yielded, that
+    can be sent back as ``Last-Event-ID`` (see :func:`is_header_safe`); an id with a
+    control character, or longer than ``MAX_RESUME_ID_BYTES``, is logged and skipped.
+    Leaving ``async with`` (also after ``break``) returns promptly; a cancellation of
+    the caller always propagates. A password in the URL never shows in a repr, an
+    error or a log line.
     """
 
     def __init__(
@@ -156,10 +215,14 @@ class EventSource:
         on_error: Callable[[BaseException], None] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
-        self._url = URL(url)
+        self._url = self._checked_url(url)
+        self._shown_url = shown_url(self._url)
         self._method = method.upper()
         self._body = body
         self._headers = CIMultiDict(headers or {})
+        self._check_arguments(last_event_id, reconnect_delay, max_reconnect_delay)
+        _check_timeout("read_timeout", read_timeout)
+        _check_timeout("connect_timeout", connect_timeout)
         self._read_timeout = read_timeout
         self._connect_timeout = connect_timeout
         self._ssl = ssl
@@ -169,7 +232,7 @@ class EventSource:
         self._parser = SSEParser(on_retry=self._server_retry, last_event_id=last_event_id)
         self._engine = ReconnectEngine(
             policy=ReconnectPolicy(reconnect_delay, max_reconnect_delay, polling_after=None),
-            classify=_classify,
+            classify=classify,
             on_failure=self._failed,
             on_state_change=self._state_changed,
             logger=self._log,
@@ -178,6 +241,12 @@ class EventSource:
         self._items: Iterator[SSEEvent | SSEComment] = iter(())
         self._chunk = b""
         self._offset = 0
+        self._holding_chunk = False
+        # The resume cursor; the id the consumer last moved past (maybe unsendable).
+        self._resume_id = self._parser.resume_id
+        self._seen_id = last_event_id
+        self._unsendable_logged = False
+        self._outcome: _Outcome | _Marker = _RUNNING
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._response: EventStreamResponse | None = None
@@ -186,12 +255,37 @@ class EventSource:
         self.ready_state: Literal["connecting", "open", "closed"] = "connecting"
 
     def __repr__(self) -> str:
-        return f"EventSource({str(self._url)!r}, ready_state={self.ready_state!r})"
+        return f"EventSource({self._shown_url!r}, ready_state={self.ready_state!r})"
 
     @property
     def last_event_id(self) -> str:
-        """The last event ID of the stream (what ``Last-Event-ID`` carries on reconnect)."""
-        return self._parser.last_event_id
+        """What ``Last-Event-ID`` carries on the next connection ("" sends none)."""
+        return self._resume_id
+
+    @staticmethod
+    def _checked_url(url: str) -> URL:
+        try:
+            parsed = URL(url)
+        except (TypeError, ValueError):
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ArgumentError("EventSource needs an absolute http:// or https:// URL")
+        return parsed
+
+    def _check_arguments(self, last_event_id: str, delay: float, max_delay: float) -> None:
+        # What aiohttp would refuse with a ValueError at every connection, refused once.
+        if not _TOKEN.fullmatch(self._method):
+            raise ArgumentError(f"method {self._method!r} is not an HTTP method name")
+        for name, value in self._headers.items():
+            _check_header(name, value)
+        if "Authorization" in self._headers and self._url.user is not None:
+            raise ArgumentError("give credentials in the URL or an Authorization header, not both")
+        if not is_header_safe(last_event_id):
+            raise ArgumentError(
+                f"last_event_id {shown_id(last_event_id)} cannot be sent as Last-Event-ID"
+            )
+        _check_delay("reconnect_delay", delay)
+        _check_delay("max_reconnect_delay", max_delay)
 
     # --- lifecycle --------------------------------------------------------
 
@@ -208,19 +302,23 @@ class EventSource:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop reading, close the connection and the session. Safe to call more than once."""
+        """Stop reading, close the connection and the session. Safe to call more than once.
+
+        Returns promptly from any state; a cancellation of the caller propagates.
+        """
         self._closed = True
         self.ready_state = "closed"
+        self._items, self._chunk = iter(()), b""
         self._engine.stop()
+        self._wake_consumer()
         task, self._task = self._task, None
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(_END)
+        try:
+            if task is not None:
+                # wait() raises only if the caller is cancelled; the task, stopped above,
+                # never waits for a consumer once cancelled.
+                await asyncio.wait([task])
+        finally:
+            await self._close_session()
 
     def restart(self) -> None:
         """Drop the current connection now and reconnect at once, reporting no error."""
@@ -232,8 +330,18 @@ class EventSource:
         response.abort()
 
     def _start(self) -> None:
-        if self._task is None and not self._closed:
+        if self._task is None and not self._closed and self._outcome is _RUNNING:
             self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _close_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _wake_consumer(self) -> None:
+        # A consumer waiting on an empty queue wakes up; a full queue has no one waiting.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_WAKE)
 
     # --- consuming ----------------------------------------------------------
 
@@ -245,24 +353,31 @@ class EventSource:
             # The per-event path: resume the current slice's iterator.
             for item in self._items:
                 if type(item) is SSEEvent:
+                    if item.id != self._seen_id:
+                        self._move_cursor(item.id)
                     return item
                 if self.on_comment is not None:
                     self.on_comment(cast(SSEComment, item).text)
+            if self._closed:
+                # aclose() dropped what was not handed out: the cursor stays put.
+                raise StopAsyncIteration
+            # Everything parsed so far was consumed: the cursor is where the parser is.
+            self._catch_up()
             if self._offset < len(self._chunk):
                 self._parse_slice()
                 continue
-            if self._closed:
-                raise StopAsyncIteration
+            if self._holding_chunk:
+                self._holding_chunk = False
+                self._chunk = b""
+                self._queue.task_done()  # the connection may go on: the chunk is consumed
+            if self._outcome is not _RUNNING and self._queue.empty():
+                self._end()
             self._start()
             message = await self._queue.get()
             if type(message) is bytes:
-                self._chunk, self._offset = message, 0
+                self._chunk, self._offset, self._holding_chunk = message, 0, True
                 continue
             self._queue.task_done()
-            if message is _END:
-                self._closed = True
-                self.ready_state = "closed"
-                raise StopAsyncIteration
             if message is _NEW_CONNECTION:
                 self._parser.reset()
             elif isinstance(message, _Failure) and self.on_error is not None:
@@ -273,46 +388,95 @@ class EventSource:
         end = start + PARSE_SLICE
         items = self._parser.feed_items(chunk[start:end] if start or end < len(chunk) else chunk)
         self._offset = end
-        if end >= len(chunk):
-            self._chunk, self._offset = b"", 0
-            self._queue.task_done()  # the connection may go on: the chunk is parsed
         for item in items:
             if type(item) is SSEEvent:
                 self._engine.event_delivered()
                 break
         self._items = iter(items)
 
+    def _end(self) -> NoReturn:
+        # The connection task ended and everything it read was consumed.
+        outcome = self._outcome
+        self._closed = True
+        self.ready_state = "closed"
+        if outcome is None or outcome is _RUNNING:
+            raise StopAsyncIteration
+        error = cast(PlexdError, outcome)
+        if self.on_error is not None:
+            self.on_error(error)
+        raise error
+
+    def _move_cursor(self, event_id: str) -> None:
+        self._seen_id = event_id
+        if is_header_safe(event_id):
+            self._resume_id = event_id
+        else:
+            self._unsendable(event_id)
+
+    def _catch_up(self) -> None:
+        parser = self._parser
+        if parser.last_event_id != self._seen_id:
+            self._seen_id = parser.last_event_id
+            if parser.resume_id != parser.last_event_id:
+                self._unsendable(parser.last_event_id)
+        self._resume_id = parser.resume_id
+
+    def _unsendable(self, event_id: str) -> None:
+        # Once at WARNING: a server sending such ids sends many.
+        level = logging.DEBUG if self._unsendable_logged else logging.WARNING
+        self._unsendable_logged = True
+        self._log.log(
+            level,
+            "event id %s cannot be sent as Last-Event-ID; a reconnection resumes from %s",
+            shown_id(event_id),
+            shown_id(self._resume_id),
+            extra={"sse_id": shown_id(event_id)},
+        )
+
     # --- the connection (runs in the background task) ---------------------
 
     async def _run(self) -> None:
+        outcome: _Outcome = None
         try:
             await self._engine.run(self._attempt)
-        except _NoContent:
-            self._log.info("server answered 204: not reconnecting", extra={"url": str(self._url)})
-        except Exception as exc:  # a bug: surface it through on_error rather than lose it
-            self._log.exception("event source stopped by an unexpected error")
-            await self._queue.put(_Failure(exc))
+        except PlexdError as exc:
+            outcome = exc
+        except Exception as exc:  # a bug: end the iteration with a PlexdError, not a loop
+            self._log.error(
+                "event source stopped by an unexpected %s", type(exc).__name__, exc_info=exc
+            )
+            outcome = PlexdError(f"event source stopped by an unexpected {type(exc).__name__}")
+            outcome.__cause__ = exc
         finally:
+            # Also when cancelled: a consumer waiting for more learns there is none.
             self.ready_state = "closed"
-            if not self._closed:
-                await self._queue.put(_END)
+            if self._outcome is _RUNNING:
+                self._outcome = outcome
+            self._wake_consumer()
+        await self._close_session()
 
     async def _attempt(self) -> None:
         await self._queue.put(_NEW_CONNECTION)
+        error: Exception | None = None
         try:
             await run_connection(
                 self._open, _unparsed, self._read_timeout, self._opened, self._forward
             )
-        except Exception:
-            if self._restarting:
-                return
-            raise
+        except _NoContent:
+            # The server wants no more connections: a clean end, not a failure to report.
+            self._log.info("server answered 204: not reconnecting", extra={"url": self._shown_url})
+            self._engine.stop()
+        except Exception as exc:
+            error = exc
         finally:
             self._response = None
-            self._restarting = False
-            # Before the engine decides what comes next, everything read is parsed: the
-            # events it counts for the backoff, a retry: line, the Last-Event-ID to send.
-            await self._queue.join()
+        restarted, self._restarting = self._restarting, False
+        # Before the engine decides what comes next, everything read is consumed: the
+        # events it counts for the backoff, a retry: line, the Last-Event-ID to send.
+        # Not in a finally: a cancelled attempt must not wait for a consumer.
+        await self._queue.join()
+        if error is not None and not restarted:
+            raise error
 
     def _opened(self, response: EventStreamResponse) -> None:
         self._response = response
@@ -326,7 +490,8 @@ class EventSource:
         self._engine.server_retry(milliseconds)
 
     async def _failed(self, error: BaseException, decision: Decision) -> None:
-        if not isinstance(error, _NoContent):
+        # An error that stops the iteration is reported where it is raised, in __anext__.
+        if decision.step is not Step.STOP:
             await self._queue.put(_Failure(error))
 
     def _state_changed(self, state: ConnectionState) -> None:
@@ -346,9 +511,8 @@ class EventSource:
         headers = CIMultiDict(self._headers)
         headers["Accept"] = EVENT_STREAM
         headers["Cache-Control"] = "no-cache"
-        last_event_id = self._parser.last_event_id
-        if last_event_id:
-            headers["Last-Event-ID"] = last_event_id
+        if self._resume_id:
+            headers["Last-Event-ID"] = self._resume_id
         else:
             headers.popall("Last-Event-ID", None)
         return headers
@@ -359,7 +523,7 @@ class EventSource:
         headers = self._request_headers()
         session = self._get_session()
         for _ in range(MAX_REDIRECTS + 1):
-            what = f"{method} {url}"
+            what = f"{method} {shown_url(url)}"
             try:
                 async with asyncio.timeout(self._read_timeout):
                     response = await session.request(
@@ -378,7 +542,7 @@ class EventSource:
             finally:
                 response.close()
             return
-        raise SSEProtocolError(f"more than {MAX_REDIRECTS} redirects from {self._url}")
+        raise SSEProtocolError(f"more than {MAX_REDIRECTS} redirects from {self._shown_url}")
 
     def _redirect(
         self,
@@ -388,23 +552,32 @@ class EventSource:
         body: bytes | None,
         headers: CIMultiDict[str],
     ) -> tuple[URL, str, bytes | None]:
+        status, shown = response.status, shown_url(url)
         location = response.headers.get("Location", "").strip()
         if not location:
-            raise SSEProtocolError(f"{response.status} redirect from {url} without a Location")
+            raise SSEProtocolError(f"{status} redirect from {shown} without a Location")
         try:
             target = url.join(URL(location))
-        except ValueError as exc:
-            raise SSEProtocolError(f"bad redirect Location {location!r}: {exc}") from None
-        if target.scheme not in ("http", "https"):
-            raise SSEProtocolError(f"redirect to a non-HTTP URL {location!r}")
+        except ValueError:
+            # Not shown: an unparsable Location may hold a password yarl cannot mask.
+            raise SSEProtocolError(f"{status} redirect from {shown}: bad Location") from None
+        if target.scheme not in ("http", "https") or not target.host:
+            raise SSEProtocolError(
+                f"{status} redirect from {shown} to a non-HTTP URL {shown_url(target)!r}"
+            )
         if target.origin() != url.origin():
             headers.popall("Authorization", None)
         if response.status == 303 or (response.status in (301, 302) and method == "POST"):
             method, body = "GET", None
         return target, method, body
 
-    @staticmethod
-    async def _check_status(response: aiohttp.ClientResponse, method: str, url: URL) -> None:
+    async def _check_status(self, response: aiohttp.ClientResponse, method: str, url: URL) -> None:
+        shown = shown_url(url)
         if response.status == 204:
-            raise _NoContent(f"{method} {url}: 204 No Content")
-        await raise_for_status(response, method, str(url))
+            raise _NoContent(f"{method} {shown}: 204 No Content")
+        # The error body is read under the read timeout too: a server may stall in it.
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                await raise_for_status(response, method, shown)
+        except TimeoutError:
+            raise APITimeoutError(f"{method} {shown}: timed out reading the error body") from None
