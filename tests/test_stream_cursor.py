@@ -173,7 +173,7 @@ async def test_the_manager_resumes_from_the_last_sendable_id(  # type: ignore[no
 ) -> None:
     handled = Handled()
     server = await serve(
-        [event(1), event(2, bad_id), event(3, bad_id)],  # then the server closes
+        [event(1), event(2, bad_id), event(3, bad_id + "3")],  # then the server closes
         [event(4, "é-4")],
     )
     async with ControlPlane(Config(base_url=server.url), "test") as client:
@@ -192,6 +192,7 @@ async def test_the_manager_resumes_from_the_last_sendable_id(  # type: ignore[no
     # the reconnection carried the last id a header can carry, and the stream went on
     assert server.last_event_ids[:2] == [None, "1"]
     assert manager.last_event_id == "é-4"
+    # logged once (at WARNING), escaped, and cut if long
     warnings = [r for r in caplog.records if "cannot be sent as Last-Event-ID" in r.getMessage()]
     assert len(warnings) == 1
     assert repr(bad_id[:100]) in warnings[0].getMessage()

@@ -57,11 +57,10 @@ class SSEStream:
         self._on_retry = on_retry
         self._stop_requested = stop_requested or (lambda: False)
         self._parser: SSEParser | None = None
-        # The resume cursor, the last id the stream moved to (maybe not sendable), and
-        # the last unsendable id logged.
+        # The resume cursor, and the last id the stream moved to (maybe not sendable).
         self._last_event_id = ""
         self._seen_id = ""
-        self._rejected_id: str | None = None
+        self._unsendable_logged = False
 
     @property
     def last_event_id(self) -> str:
@@ -145,14 +144,17 @@ class SSEStream:
         self._seen_id = event_id
         if is_header_safe(event_id):
             self._last_event_id = event_id
-        elif event_id != self._rejected_id:
-            self._rejected_id = event_id
-            self._log.warning(
-                "event id %s cannot be sent as Last-Event-ID; resuming from %s instead",
-                shown_id(event_id),
-                shown_id(self._last_event_id),
-                extra={"sse_id": shown_id(event_id)},
-            )
+            return
+        # Once at WARNING: a server sending such ids sends many.
+        level = logging.DEBUG if self._unsendable_logged else logging.WARNING
+        self._unsendable_logged = True
+        self._log.log(
+            level,
+            "event id %s cannot be sent as Last-Event-ID; resuming from %s instead",
+            shown_id(event_id),
+            shown_id(self._last_event_id),
+            extra={"sse_id": shown_id(event_id)},
+        )
 
     def _skip_malformed(self, event: SSEEvent, exc: EnvelopeError) -> None:
         self._log.warning(
