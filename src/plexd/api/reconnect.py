@@ -23,7 +23,6 @@ from .errors import (
     APIConnectionError,
     APIError,
     ArgumentError,
-    RateLimitError,
     SSEIdleTimeoutError,
     SSEProtocolError,
 )
@@ -105,13 +104,6 @@ def _classify_status(status: int) -> FailureAction:
     if status >= 500 or status in _TRANSIENT_4XX:
         return FailureAction.RETRY_TRANSIENT
     return FailureAction.PERMANENT_FAILURE
-
-
-def always_retry(exc: BaseException) -> FailureAction:
-    """The classifier of a plain EventSource: nothing is permanent (429 still respected)."""
-    if isinstance(exc, RateLimitError):
-        return FailureAction.RESPECT_SERVER
-    return FailureAction.RETRY_TRANSIENT
 
 
 def retry_after_of(error: BaseException | None) -> float:
