@@ -15,9 +15,10 @@ import asyncio
 import contextlib
 import logging
 import math
+import operator
 import re
 import ssl as ssl_module
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Literal, NoReturn, TypeVar, cast
 
@@ -242,9 +243,11 @@ class EventSource:
         self._chunk = b""
         self._offset = 0
         self._holding_chunk = False
-        # The resume cursor; the id the consumer last moved past (maybe unsendable).
-        self._resume_id = self._parser.resume_id
-        self._seen_id = last_event_id
+        # The resume cursor is worked out when asked for, from the slice being handed out
+        # (what was parsed last) and the cursor before it: nothing per event.
+        self._slice: Sequence[SSEEvent | SSEComment] = ()
+        self._slice_start_id = self._parser.resume_id
+        self._checked_id = last_event_id
         self._unsendable_logged = False
         self._outcome: _Outcome | _Marker = _RUNNING
         self._task: asyncio.Task[None] | None = None
@@ -260,7 +263,18 @@ class EventSource:
     @property
     def last_event_id(self) -> str:
         """What ``Last-Event-ID`` carries on the next connection ("" sends none)."""
-        return self._resume_id
+        return self._cursor()
+
+    def _cursor(self) -> str:
+        # The most recent sendable id among the events handed out of the current slice
+        # (nearly always the last one), else the cursor the slice started from.
+        items = self._slice
+        handed_out = len(items) - operator.length_hint(self._items)
+        for index in range(handed_out - 1, -1, -1):
+            item = items[index]
+            if type(item) is SSEEvent and is_header_safe(item.id):
+                return item.id
+        return self._slice_start_id
 
     @staticmethod
     def _checked_url(url: str) -> URL:
@@ -308,6 +322,8 @@ class EventSource:
         """
         self._closed = True
         self.ready_state = "closed"
+        # What was not handed out is dropped: the cursor stays where the consumer is.
+        self._slice_start_id, self._slice = self._cursor(), ()
         self._items, self._chunk = iter(()), b""
         self._engine.stop()
         self._wake_consumer()
@@ -353,8 +369,6 @@ class EventSource:
             # The per-event path: resume the current slice's iterator.
             for item in self._items:
                 if type(item) is SSEEvent:
-                    if item.id != self._seen_id:
-                        self._move_cursor(item.id)
                     return item
                 if self.on_comment is not None:
                     self.on_comment(cast(SSEComment, item).text)
@@ -362,7 +376,7 @@ class EventSource:
                 # aclose() dropped what was not handed out: the cursor stays put.
                 raise StopAsyncIteration
             # Everything parsed so far was consumed: the cursor is where the parser is.
-            self._catch_up()
+            self._slice, self._slice_start_id = (), self._parser.resume_id
             if self._offset < len(self._chunk):
                 self._parse_slice()
                 continue
@@ -386,12 +400,18 @@ class EventSource:
     def _parse_slice(self) -> None:
         chunk, start = self._chunk, self._offset
         end = start + PARSE_SLICE
-        items = self._parser.feed_items(chunk[start:end] if start or end < len(chunk) else chunk)
+        parser = self._parser
+        items = parser.feed_items(chunk[start:end] if start or end < len(chunk) else chunk)
         self._offset = end
+        if parser.last_event_id is not self._checked_id:
+            self._checked_id = parser.last_event_id
+            if parser.resume_id != parser.last_event_id:
+                self._unsendable(parser.last_event_id, parser.resume_id)
         for item in items:
             if type(item) is SSEEvent:
                 self._engine.event_delivered()
                 break
+        self._slice = items
         self._items = iter(items)
 
     def _end(self) -> NoReturn:
@@ -406,22 +426,7 @@ class EventSource:
             self.on_error(error)
         raise error
 
-    def _move_cursor(self, event_id: str) -> None:
-        self._seen_id = event_id
-        if is_header_safe(event_id):
-            self._resume_id = event_id
-        else:
-            self._unsendable(event_id)
-
-    def _catch_up(self) -> None:
-        parser = self._parser
-        if parser.last_event_id != self._seen_id:
-            self._seen_id = parser.last_event_id
-            if parser.resume_id != parser.last_event_id:
-                self._unsendable(parser.last_event_id)
-        self._resume_id = parser.resume_id
-
-    def _unsendable(self, event_id: str) -> None:
+    def _unsendable(self, event_id: str, resume_id: str) -> None:
         # Once at WARNING: a server sending such ids sends many.
         level = logging.DEBUG if self._unsendable_logged else logging.WARNING
         self._unsendable_logged = True
@@ -429,7 +434,7 @@ class EventSource:
             level,
             "event id %s cannot be sent as Last-Event-ID; a reconnection resumes from %s",
             shown_id(event_id),
-            shown_id(self._resume_id),
+            shown_id(resume_id),
             extra={"sse_id": shown_id(event_id)},
         )
 
@@ -511,8 +516,9 @@ class EventSource:
         headers = CIMultiDict(self._headers)
         headers["Accept"] = EVENT_STREAM
         headers["Cache-Control"] = "no-cache"
-        if self._resume_id:
-            headers["Last-Event-ID"] = self._resume_id
+        resume_id = self._cursor()
+        if resume_id:
+            headers["Last-Event-ID"] = resume_id
         else:
             headers.popall("Last-Event-ID", None)
         return headers
