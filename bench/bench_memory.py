@@ -27,8 +27,8 @@ import trustme
 from aiohttp import web
 
 from plexd.api import Config, ControlPlane
-from plexd.api.manager import SSEManager
-from plexd.api.reconnect import ConnectionState
+from plexd.api._manager import SSEManager
+from plexd.api._reconnect import ConnectionState
 
 NODE = "idle-node"
 KEEPALIVE_EVERY = 5.0

@@ -22,9 +22,9 @@ from aiohttp import web
 from nacl.signing import SigningKey
 
 from plexd.api import Config, ControlPlane, SignedEnvelope, parse_envelope
-from plexd.api.manager import SSEManager
-from plexd.api.sse import SSEParser
-from plexd.api.verify import (
+from plexd.api._manager import SSEManager
+from plexd.api._sse import SSEParser
+from plexd.api._verify import (
     Ed25519Verifier,
     EventVerifier,
     NoOpVerifier,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from plexd.api.reconnect import (
+from plexd.api._reconnect import (
     MAX_RETRY_AFTER,
     MIN_SERVER_RETRY,
     STABLE_CONNECTION,

@@ -24,12 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from plexd.api import Config, ControlPlane, SignedEnvelope
-from plexd.api.dispatch import EventDispatcher
+from plexd.api._dispatch import EventDispatcher
+from plexd.api._eventsource import EventSource
+from plexd.api._sse import SSEComment, SSEEvent, SSEParser
+from plexd.api._stream import SSEStream
+from plexd.api._types import parse_envelope
 from plexd.api.errors import EnvelopeError
-from plexd.api.eventsource import EventSource
-from plexd.api.sse import SSEComment, SSEEvent, SSEParser
-from plexd.api.stream import SSEStream
-from plexd.api.types import parse_envelope
 
 BOM = b"\xef\xbb\xbf"
 NODE = "n1"

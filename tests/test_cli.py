@@ -32,7 +32,7 @@ from plexd.api import (
     StateResponse,
     UnauthorizedError,
 )
-from plexd.api.verify import sign_envelope
+from plexd.api._verify import sign_envelope
 from plexd.cli.errors import (
     EXIT_AUTH,
     EXIT_CONNECTION,

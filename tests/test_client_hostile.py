@@ -38,10 +38,10 @@ from plexd.api import (
     raw_json,
     set_tls_handshake_limit,
 )
+from plexd.api._manager import SSEManager
+from plexd.api._transport import TLS_HANDSHAKE_LIMIT
+from plexd.api._verify import Ed25519Verifier, envelope_json, sign_envelope
 from plexd.api.errors import from_response
-from plexd.api.manager import SSEManager
-from plexd.api.transport import TLS_HANDSHAKE_LIMIT
-from plexd.api.verify import Ed25519Verifier, envelope_json, sign_envelope
 
 DEEP = b"[" * 5000
 DEEP_CLOSED = b"[" * 5000 + b"]" * 5000

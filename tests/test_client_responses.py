@@ -32,7 +32,7 @@ from plexd.api import (
     ServerError,
     UnauthorizedError,
 )
-from plexd.api.client import MAX_RESPONSE_SIZE
+from plexd.api._client import MAX_RESPONSE_SIZE
 
 MIB = 1024 * 1024
 

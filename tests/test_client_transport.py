@@ -40,7 +40,7 @@ from plexd.api import (
     RegisterRequest,
     UnauthorizedError,
 )
-from plexd.api.transport import build_ssl_context
+from plexd.api._transport import build_ssl_context
 
 JSON_CALL_HEADERS = {"Host", "User-Agent", "Accept", "Accept-Encoding"}
 

@@ -16,7 +16,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from plexd.api import EnvelopeError, RateLimitError, SigningKeys, VerificationError, parse_envelope
-from plexd.api.verify import Ed25519Verifier
+from plexd.api._verify import Ed25519Verifier
 from plexd.emulator import Emulator
 
 # Bounds every wait of these tests so that a broken emulator fails instead of hanging.

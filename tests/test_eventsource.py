@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
+from plexd.api._eventsource import EventSource
+from plexd.api._sse import SSEEvent
 from plexd.api.errors import APIConnectionError, ServerError, SSEIdleTimeoutError, SSEProtocolError
-from plexd.api.eventsource import EventSource
-from plexd.api.sse import SSEEvent
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -17,6 +17,8 @@ import pytest
 from aiohttp import web
 
 from _servers import Handler, Server, serve, silent_tcp_server
+from plexd.api._eventsource import EventSource
+from plexd.api._sse import SSEEvent
 from plexd.api.errors import (
     APIConnectionError,
     APIError,
@@ -26,8 +28,6 @@ from plexd.api.errors import (
     PlexdError,
     SSEProtocolError,
 )
-from plexd.api.eventsource import EventSource
-from plexd.api.sse import SSEEvent
 
 HANG_GUARD = 5.0
 

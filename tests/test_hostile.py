@@ -36,7 +36,7 @@ from plexd.api import (
     SSEManager,
     classify_error,
 )
-from plexd.api.reconnect import FailureAction
+from plexd.api._reconnect import FailureAction
 
 TOKEN = "tok-HOSTILE-s3cret"
 # The client's timeouts; a stalling answer outlasts all of them.

@@ -14,7 +14,11 @@ from aiohttp import web
 from nacl.signing import SigningKey
 
 from plexd.api import Config, ControlPlane, SignedEnvelope
-from plexd.api.dispatch import EventDispatcher
+from plexd.api._dispatch import EventDispatcher
+from plexd.api._manager import SSEManager
+from plexd.api._reconnect import ConnectionState
+from plexd.api._stream import SSEStream
+from plexd.api._verify import Ed25519Verifier, envelope_json, sign_envelope
 from plexd.api.errors import (
     ArgumentError,
     ClientClosedError,
@@ -22,10 +26,6 @@ from plexd.api.errors import (
     PlexdError,
     UnauthorizedError,
 )
-from plexd.api.manager import SSEManager
-from plexd.api.reconnect import ConnectionState
-from plexd.api.stream import SSEStream
-from plexd.api.verify import Ed25519Verifier, envelope_json, sign_envelope
 
 SEED = bytes(range(32))
 PUBLIC_KEY = SigningKey(SEED).verify_key.encode()

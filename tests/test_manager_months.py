@@ -26,6 +26,9 @@ from nacl.signing import SigningKey
 
 from _virtual_time import DAY, DAYS, HOUR, Model, Outcome, Setup, Trace
 from plexd.api import Config, ControlPlane, SignedEnvelope
+from plexd.api._manager import SSEManager
+from plexd.api._reconnect import MAX_RETRY_AFTER, ConnectionState
+from plexd.api._verify import Ed25519Verifier, envelope_json, sign_envelope
 from plexd.api.errors import (
     APIConnectionError,
     NotFoundError,
@@ -33,9 +36,6 @@ from plexd.api.errors import (
     ServerError,
     SSEProtocolError,
 )
-from plexd.api.manager import SSEManager
-from plexd.api.reconnect import MAX_RETRY_AFTER, ConnectionState
-from plexd.api.verify import Ed25519Verifier, envelope_json, sign_envelope
 
 SEED_KEY = bytes(range(32))
 FORGING_KEY = bytes(32)

@@ -10,6 +10,20 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from plexd.api._reconnect import (
+    MAX_BACKOFF_EXPONENT,
+    MAX_RETRY_AFTER,
+    MIN_SERVER_RETRY,
+    ConnectionState,
+    Decision,
+    FailureAction,
+    ReconnectEngine,
+    ReconnectPolicy,
+    Step,
+    check_intervals,
+    check_polling,
+    classify_error,
+)
 from plexd.api.errors import (
     APIConnectionError,
     APIError,
@@ -28,20 +42,6 @@ from plexd.api.errors import (
     SSEIdleTimeoutError,
     SSEProtocolError,
     UnauthorizedError,
-)
-from plexd.api.reconnect import (
-    MAX_BACKOFF_EXPONENT,
-    MAX_RETRY_AFTER,
-    MIN_SERVER_RETRY,
-    ConnectionState,
-    Decision,
-    FailureAction,
-    ReconnectEngine,
-    ReconnectPolicy,
-    Step,
-    check_intervals,
-    check_polling,
-    classify_error,
 )
 
 S = ConnectionState

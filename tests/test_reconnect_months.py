@@ -21,6 +21,7 @@ from collections.abc import Callable
 import pytest
 
 from _virtual_time import DAY, DAYS, HOUR, Model, Outcome, Setup, Trace
+from plexd.api._reconnect import MAX_BACKOFF_EXPONENT, ConnectionState, ReconnectEngine
 from plexd.api.errors import (
     APIConnectionError,
     APIError,
@@ -32,7 +33,6 @@ from plexd.api.errors import (
     SSEIdleTimeoutError,
     SSEProtocolError,
 )
-from plexd.api.reconnect import MAX_BACKOFF_EXPONENT, ConnectionState, ReconnectEngine
 
 # Tens of thousands of failures a month: logging them all would be most of the time.
 SILENT = logging.getLogger("plexd.api.test.months")

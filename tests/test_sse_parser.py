@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plexd.api.sse import (
+from plexd.api._sse import (
     MAX_RESUME_ID_BYTES,
     MAX_RETRY_MS,
     SSEComment,

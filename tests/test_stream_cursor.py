@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 
 from plexd.api import Config, ControlPlane, SignedEnvelope
-from plexd.api.dispatch import EventDispatcher
+from plexd.api._dispatch import EventDispatcher
+from plexd.api._manager import SSEManager
+from plexd.api._stream import SSEStream
+from plexd.api._verify import envelope_json, sign_envelope
 from plexd.api.errors import ArgumentError
-from plexd.api.manager import SSEManager
-from plexd.api.stream import SSEStream
-from plexd.api.verify import envelope_json, sign_envelope
 
 SEED = bytes(range(32))
 NODE = "node-1"

@@ -21,7 +21,7 @@ from _servers import (
     silent_tcp_server,
 )
 from plexd.api import APITimeoutError, Config, ControlPlane
-from plexd.api.transport import (
+from plexd.api._transport import (
     TLS_HANDSHAKE_LIMIT,
     set_tls_handshake_limit,
     share_tls_read_buffer,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plexd.api import types as t
+from plexd.api import _types as t
 from plexd.api.errors import PlexdError, ResponseError
 
 T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)

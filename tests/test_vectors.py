@@ -14,15 +14,15 @@ from typing import Any
 import msgspec
 import pytest
 
-from plexd.api.errors import EnvelopeError, VerificationError
-from plexd.api.types import SignedEnvelope, parse_envelope, parse_rfc3339
-from plexd.api.verify import (
+from plexd.api._types import SignedEnvelope, parse_envelope, parse_rfc3339
+from plexd.api._verify import (
     Ed25519Verifier,
     _canonical_general,
     canonical_bytes,
     envelope_json,
     sign_envelope,
 )
+from plexd.api.errors import EnvelopeError, VerificationError
 
 _HERE = Path(__file__).parent
 # A copy of the contract's shared/vectors/signed_envelopes.json, kept in the repo so the

@@ -17,8 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plexd.api.errors import ConfigError, EnvelopeError, PlexdError, VerificationError
-from plexd.api.types import (
+from plexd.api._types import (
     ZERO_TIME,
     NaiveDatetimeError,
     RegisterResponse,
@@ -30,7 +29,7 @@ from plexd.api.types import (
     parse_envelope,
     parse_rfc3339,
 )
-from plexd.api.verify import (
+from plexd.api._verify import (
     Ed25519Verifier,
     EventVerifier,
     NonceStore,
@@ -43,6 +42,7 @@ from plexd.api.verify import (
     envelope_json,
     sign_envelope,
 )
+from plexd.api.errors import ConfigError, EnvelopeError, PlexdError, VerificationError
 
 SEED_OLD = bytes(range(32))
 SEED_NEW = bytes(range(32, 64))

@@ -26,18 +26,18 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from plexd.api import __version__
-from plexd.api.client import ControlPlane
-from plexd.api.config import Config
-from plexd.api.errors import PlexdError, UnauthorizedError
-from plexd.api.manager import SSEManager
-from plexd.api.types import (
+from plexd.api._client import ControlPlane
+from plexd.api._config import Config
+from plexd.api._manager import SSEManager
+from plexd.api._types import (
     EventType,
     HeartbeatRequest,
     RegisterRequest,
     RegisterResponse,
     SignedEnvelope,
 )
-from plexd.api.verify import Ed25519Verifier
+from plexd.api._verify import Ed25519Verifier
+from plexd.api.errors import PlexdError, UnauthorizedError
 from plexd.emulator import Emulator, RecordedCall
 
 T = TypeVar("T")

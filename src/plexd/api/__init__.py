@@ -1,35 +1,11 @@
 """plexd-api: the asyncio client a Plexsphere node uses to talk to its control plane."""
 
-from .client import ArtifactStream, ControlPlane, EventStreamResponse
-from .config import Config
-from .dispatch import EventDispatcher, EventHandler
-from .errors import (
-    APIConnectionError,
-    APIError,
-    APITimeoutError,
-    ArgumentError,
-    ArgumentTypeError,
-    BadRequestError,
-    ClientClosedError,
-    ConfigError,
-    ConflictError,
-    EnvelopeError,
-    EventLoopError,
-    ForbiddenError,
-    NotFoundError,
-    PayloadTooLargeError,
-    PlexdError,
-    RateLimitError,
-    ResponseError,
-    ServerError,
-    SSEIdleTimeoutError,
-    SSEProtocolError,
-    UnauthorizedError,
-    VerificationError,
-)
-from .eventsource import EventSource
-from .manager import SSEManager
-from .reconnect import (
+from ._client import ArtifactStream, ControlPlane, EventStreamResponse
+from ._config import Config
+from ._dispatch import EventDispatcher, EventHandler
+from ._eventsource import EventSource
+from ._manager import SSEManager
+from ._reconnect import (
     MAX_RETRY_AFTER,
     MIN_SERVER_RETRY,
     ConnectionState,
@@ -38,10 +14,10 @@ from .reconnect import (
     ReconnectPolicy,
     classify_error,
 )
-from .sse import SSEComment, SSEEvent, SSEParser
-from .stream import SSEStream
-from .transport import TLS_HANDSHAKE_LIMIT, set_tls_handshake_limit
-from .types import (
+from ._sse import SSEComment, SSEEvent, SSEParser
+from ._stream import SSEStream
+from ._transport import TLS_HANDSHAKE_LIMIT, set_tls_handshake_limit
+from ._types import (
     ActionInfo,
     ActionParam,
     AuditEntry,
@@ -83,7 +59,7 @@ from .types import (
     parse_envelope,
     raw_json,
 )
-from .verify import (
+from ._verify import (
     Ed25519Verifier,
     EventVerifier,
     NonceStore,
@@ -91,6 +67,30 @@ from .verify import (
     canonical_bytes,
     envelope_json,
     sign_envelope,
+)
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    ArgumentError,
+    ArgumentTypeError,
+    BadRequestError,
+    ClientClosedError,
+    ConfigError,
+    ConflictError,
+    EnvelopeError,
+    EventLoopError,
+    ForbiddenError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PlexdError,
+    RateLimitError,
+    ResponseError,
+    ServerError,
+    SSEIdleTimeoutError,
+    SSEProtocolError,
+    UnauthorizedError,
+    VerificationError,
 )
 
 __version__ = "0.1.0"

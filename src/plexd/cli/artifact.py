@@ -18,7 +18,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from plexd.api.client import ControlPlane
+from plexd.api._client import ControlPlane
 from plexd.emulator.node_api import CHECKSUM_HEADER
 
 from .errors import ChecksumError

@@ -20,12 +20,12 @@ import click
 import nacl.public
 
 from plexd.api import __version__
-from plexd.api.client import ControlPlane
-from plexd.api.config import Config, shown_url
+from plexd.api._client import ControlPlane
+from plexd.api._config import Config, shown_url
+from plexd.api._transport import build_ssl_context
+from plexd.api._types import HeartbeatRequest, RegisterRequest
+from plexd.api._verify import Ed25519Verifier, EventVerifier, NoOpVerifier
 from plexd.api.errors import ConfigError
-from plexd.api.transport import build_ssl_context
-from plexd.api.types import HeartbeatRequest, RegisterRequest
-from plexd.api.verify import Ed25519Verifier, EventVerifier, NoOpVerifier
 
 from . import PROG
 from .errors import EXIT_CODES_HELP

@@ -8,8 +8,8 @@ from typing import Any
 
 import msgspec
 
-from plexd.api.reconnect import FailureAction
-from plexd.api.types import SignedEnvelope, WireStruct
+from plexd.api._reconnect import FailureAction
+from plexd.api._types import SignedEnvelope, WireStruct
 
 # What a secret field shows instead of its value unless --show-secrets.
 MASK = "***"

@@ -6,10 +6,10 @@ import logging
 import sys
 from collections.abc import Callable
 
-from plexd.api.client import ControlPlane
-from plexd.api.manager import SSEManager
-from plexd.api.types import EventType, SignedEnvelope
-from plexd.api.verify import EventVerifier
+from plexd.api._client import ControlPlane
+from plexd.api._manager import SSEManager
+from plexd.api._types import EventType, SignedEnvelope
+from plexd.api._verify import EventVerifier
 
 from .output import event_line
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
-from plexd.api.types import NULL
+from plexd.api._types import NULL
 
 from .exchange import Rejected, decode_body, json_response, read_body
 from .faults import faults_to_builtins

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 
-from plexd.api import types as t
+from plexd.api import _types as t
 
 from .exchange import Rejected, decode_body, json_response, no_content, read_body
 from .state import Node

@@ -26,10 +26,10 @@ import msgspec
 from aiohttp import web
 from nacl.signing import SigningKey
 
-from plexd.api import types as t
-from plexd.api.client import ControlPlane
-from plexd.api.config import Config
-from plexd.api.verify import sign_envelope
+from plexd.api import _types as t
+from plexd.api._client import ControlPlane
+from plexd.api._config import Config
+from plexd.api._verify import sign_envelope
 
 from . import faults as f
 from .admin import ADMIN_PREFIX, AdminAPI

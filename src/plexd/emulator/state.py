@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from nacl.signing import SigningKey
 
-from plexd.api import types as t
+from plexd.api import _types as t
 
 from .stream import EventLog
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 
-from plexd.api.types import SignedEnvelope
-from plexd.api.verify import envelope_json
+from plexd.api._types import SignedEnvelope
+from plexd.api._verify import envelope_json
 
 from .faults import (
     HEALTHY_STREAM,

@@ -21,8 +21,14 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from . import types as t
-from .config import Config
+from . import _types as t
+from ._config import Config
+from ._transport import (
+    LeanConnector,
+    release_tls_write_buffer,
+    scrub_transport_error,
+    shared_ssl_context,
+)
 from .errors import (
     MAX_ERROR_BODY,
     APIConnectionError,
@@ -38,12 +44,6 @@ from .errors import (
     SSEProtocolError,
     from_response,
     printable,
-)
-from .transport import (
-    LeanConnector,
-    release_tls_write_buffer,
-    scrub_transport_error,
-    shared_ssl_context,
 )
 
 T = TypeVar("T")

@@ -26,14 +26,13 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from .client import (
+from ._client import (
     TRANSPORT_ERRORS,
     EventStreamResponse,
     map_transport_error,
     raise_for_status,
 )
-from .errors import APIError, APITimeoutError, ArgumentError, PlexdError, SSEProtocolError
-from .reconnect import (
+from ._reconnect import (
     ConnectionState,
     Decision,
     FailureAction,
@@ -41,8 +40,9 @@ from .reconnect import (
     ReconnectPolicy,
     Step,
 )
-from .sse import SSEComment, SSEEvent, SSEParser, is_header_safe, shown_id
-from .transport import LeanConnector
+from ._sse import SSEComment, SSEEvent, SSEParser, is_header_safe, shown_id
+from ._transport import LeanConnector
+from .errors import APIError, APITimeoutError, ArgumentError, PlexdError, SSEProtocolError
 
 T = TypeVar("T")
 

@@ -36,7 +36,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .config import redact_url
+from ._config import redact_url
 from .errors import ArgumentError
 
 # Concurrent TLS connection set-ups (TCP connect + handshake) per server and

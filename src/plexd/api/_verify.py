@@ -25,8 +25,7 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
-from .errors import ConfigError, EnvelopeError, VerificationError
-from .types import (
+from ._types import (
     JSON_ENCODE_ERRORS,
     ZERO_TIME,
     EventType,
@@ -37,6 +36,7 @@ from .types import (
     _scan_json,
     parse_rfc3339,
 )
+from .errors import ConfigError, EnvelopeError, VerificationError
 
 __all__ = [
     "DEFAULT_MAX_NONCES",

@@ -7,19 +7,19 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from .client import ControlPlane
-from .dispatch import EventDispatcher, EventHandler
-from .errors import PlexdError, printable
-from .reconnect import (
+from ._client import ControlPlane
+from ._dispatch import EventDispatcher, EventHandler
+from ._reconnect import (
     ConnectionState,
     ReconnectEngine,
     ReconnectPolicy,
     check_intervals,
     check_polling,
 )
-from .stream import SSEStream
-from .types import EventType
-from .verify import EventVerifier, NoOpVerifier
+from ._stream import SSEStream
+from ._types import EventType
+from ._verify import EventVerifier, NoOpVerifier
+from .errors import PlexdError, printable
 
 
 class SSEManager:

@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 
-from .types import SignedEnvelope
+from ._types import SignedEnvelope
 
 EventHandler = Callable[[SignedEnvelope], Awaitable[None] | None]
 

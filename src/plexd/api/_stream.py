@@ -6,14 +6,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from .client import ControlPlane, EventStreamResponse
-from .dispatch import EventDispatcher
+from ._client import ControlPlane, EventStreamResponse
+from ._dispatch import EventDispatcher
+from ._eventsource import run_connection
+from ._reconnect import StopRequested
+from ._sse import SSEEvent, SSEParser, is_header_safe, shown_id
+from ._types import SignedEnvelope, parse_envelope
+from ._verify import EventVerifier, NoOpVerifier
 from .errors import ArgumentError, EnvelopeError, VerificationError
-from .eventsource import run_connection
-from .reconnect import StopRequested
-from .sse import SSEEvent, SSEParser, is_header_safe, shown_id
-from .types import SignedEnvelope, parse_envelope
-from .verify import EventVerifier, NoOpVerifier
 
 # API.md: SSEParser's default bound on one event or one line.
 DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024
