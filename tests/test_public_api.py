@@ -1,6 +1,8 @@
 """Every name of API.md is importable from plexd.api, and nothing else leaks in __all__."""
 
 import inspect
+import pathlib
+import types
 
 import plexd.api
 
@@ -102,3 +104,21 @@ def test_public_classes_and_functions_have_docstrings() -> None:
 def test_event_type_has_the_twelve_wire_values() -> None:
     assert len(plexd.api.EventType) == 12
     assert plexd.api.EventType.PEER_ADDED == "peer_added"
+
+
+def test_all_is_exactly_the_public_names() -> None:
+    # As httpx's test_exported_members: nothing public is left out of __all__, and
+    # __all__ names nothing that is not there. Submodules are not names of the API.
+    public = {
+        name
+        for name, value in vars(plexd.api).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public | {"__version__"} == set(plexd.api.__all__)
+    assert len(plexd.api.__all__) == len(set(plexd.api.__all__))
+
+
+def test_modules_are_private_but_errors() -> None:
+    package = pathlib.Path(plexd.api.__file__).parent
+    modules = {path.stem for path in package.glob("*.py")} - {"__init__"}
+    assert {name for name in modules if not name.startswith("_")} <= {"errors", "sync"}

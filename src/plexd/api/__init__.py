@@ -1,7 +1,7 @@
 """plexd-api: the asyncio client a Plexsphere node uses to talk to its control plane."""
 
-from ._client import ArtifactStream, ControlPlane, EventStreamResponse
-from ._config import Config
+from ._client import CHECKSUM_HEADER, ArtifactStream, ControlPlane, EventStreamResponse
+from ._config import Config, shown_url
 from ._dispatch import EventDispatcher, EventHandler
 from ._eventsource import EventSource
 from ._manager import SSEManager
@@ -16,8 +16,9 @@ from ._reconnect import (
 )
 from ._sse import SSEComment, SSEEvent, SSEParser
 from ._stream import SSEStream
-from ._transport import TLS_HANDSHAKE_LIMIT, set_tls_handshake_limit
+from ._transport import TLS_HANDSHAKE_LIMIT, build_ssl_context, set_tls_handshake_limit
 from ._types import (
+    NULL,
     ActionInfo,
     ActionParam,
     AuditEntry,
@@ -55,6 +56,7 @@ from ._types import (
     SigningKeys,
     StateResponse,
     TriggeredBy,
+    WireStruct,
     decode_raw,
     parse_envelope,
     raw_json,
@@ -75,6 +77,7 @@ from .errors import (
     ArgumentError,
     ArgumentTypeError,
     BadRequestError,
+    ChecksumError,
     ClientClosedError,
     ConfigError,
     ConflictError,
@@ -96,8 +99,10 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CHECKSUM_HEADER",
     "MAX_RETRY_AFTER",
     "MIN_SERVER_RETRY",
+    "NULL",
     "TLS_HANDSHAKE_LIMIT",
     "APIConnectionError",
     "APIError",
@@ -111,6 +116,7 @@ __all__ = [
     "BadRequestError",
     "BinaryInfo",
     "CapabilitiesPayload",
+    "ChecksumError",
     "ClientClosedError",
     "Config",
     "ConfigError",
@@ -178,7 +184,9 @@ __all__ = [
     "TriggeredBy",
     "UnauthorizedError",
     "VerificationError",
+    "WireStruct",
     "__version__",
+    "build_ssl_context",
     "canonical_bytes",
     "classify_error",
     "decode_raw",
@@ -186,5 +194,6 @@ __all__ = [
     "parse_envelope",
     "raw_json",
     "set_tls_handshake_limit",
+    "shown_url",
     "sign_envelope",
 ]

@@ -48,6 +48,8 @@ from .errors import (
 
 T = TypeVar("T")
 
+# WIRE.md, the artifact download: the SHA-256 of the body, hex, when the server knows it.
+CHECKSUM_HEADER = "X-Checksum-SHA256"
 # API.md: "A JSON request body over 1024 bytes is gzip-compressed".
 GZIP_THRESHOLD = 1024
 # API.md: "A JSON response body, gzip or not, is never read past 10 MiB (decompressed)".

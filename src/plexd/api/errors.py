@@ -148,6 +148,10 @@ class ResponseError(PlexdError):
     """A 2xx response the client cannot use: empty, not JSON, the wrong shape, or too large."""
 
 
+class ChecksumError(PlexdError):
+    """A downloaded artifact does not match the checksum it was announced with."""
+
+
 class EnvelopeError(PlexdError):
     """An event's data is not a usable signed envelope."""
 

@@ -18,10 +18,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from plexd.api._client import ControlPlane
-from plexd.emulator.node_api import CHECKSUM_HEADER
-
-from .errors import ChecksumError
+from plexd.api import CHECKSUM_HEADER, ChecksumError, ControlPlane
 
 # Suffix of the file a download is written to until its checksum matched.
 PARTIAL_SUFFIX = ".part"

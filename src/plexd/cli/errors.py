@@ -35,10 +35,6 @@ _HINTS = {
 }
 
 
-class ChecksumError(PlexdError):
-    """A downloaded artifact does not match the checksum it was announced with."""
-
-
 def exit_code_for(exc: BaseException) -> int:
     """The exit code a failure ends the command with."""
     if isinstance(exc, UnauthorizedError | ForbiddenError):

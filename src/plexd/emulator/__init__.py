@@ -17,9 +17,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from plexd.api import CHECKSUM_HEADER
+
     from .exchange import RecordedCall
     from .faults import ALL_NODES, Faults
-    from .node_api import CHECKSUM_HEADER
     from .server import DEFAULT_KEEPALIVE_INTERVAL, Emulator, PublishedEvent, serve
     from .state import Node
 

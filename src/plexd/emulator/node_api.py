@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 
+from plexd.api import CHECKSUM_HEADER
 from plexd.api import _types as t
 
 from .exchange import Rejected, decode_body, json_response, no_content, read_body
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from .server import Emulator
 
 EVENTS_ROUTE = "events"
-CHECKSUM_HEADER = "X-Checksum-SHA256"
 _EVENT_STREAM_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
