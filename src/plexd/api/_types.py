@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeAlias, TypeVar, 
 
 import msgspec
 
-from .errors import ArgumentError, ArgumentTypeError, EnvelopeError, PlexdError, ResponseError
+from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    EnvelopeError,
+    NaiveDatetimeError,
+    ResponseError,
+)
 
 T = TypeVar("T")
 
@@ -30,10 +36,6 @@ JSON_ENCODE_ERRORS = (
     TypeError, ValueError, UnicodeError, OverflowError, RecursionError, msgspec.EncodeError,
 )  # fmt: skip
 JSON_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
-
-
-class NaiveDatetimeError(PlexdError, ValueError):
-    """A wire type was given a datetime without a timezone (it would be sent as local time)."""
 
 
 if TYPE_CHECKING:

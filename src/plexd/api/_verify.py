@@ -29,14 +29,13 @@ from ._types import (
     JSON_ENCODE_ERRORS,
     ZERO_TIME,
     EventType,
-    NaiveDatetimeError,
     RegisterResponse,
     SignedEnvelope,
     SigningKeys,
     _scan_json,
     parse_rfc3339,
 )
-from .errors import ConfigError, EnvelopeError, VerificationError
+from .errors import ConfigError, EnvelopeError, NaiveDatetimeError, VerificationError
 
 __all__ = [
     "DEFAULT_MAX_NONCES",

@@ -152,6 +152,10 @@ class ChecksumError(PlexdError):
     """A downloaded artifact does not match the checksum it was announced with."""
 
 
+class NaiveDatetimeError(PlexdError, ValueError):
+    """A wire type was given a datetime without a timezone (it would be sent as local time)."""
+
+
 class EnvelopeError(PlexdError):
     """An event's data is not a usable signed envelope."""
 
