@@ -15,8 +15,14 @@ import pytest
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from plexd.api import EnvelopeError, RateLimitError, SigningKeys, VerificationError, parse_envelope
-from plexd.api._verify import Ed25519Verifier
+from plexd.api import (
+    Ed25519Verifier,
+    EnvelopeError,
+    RateLimitError,
+    SigningKeys,
+    VerificationError,
+    parse_envelope,
+)
 from plexd.emulator import Emulator
 
 # Bounds every wait of these tests so that a broken emulator fails instead of hanging.

@@ -7,6 +7,13 @@
 See :class:`Emulator` for the Python API, :mod:`plexd.emulator.admin` for the
 admin HTTP API, :class:`Faults` for fault injection, and ``python -m plexd.emulator``.
 
+Layers from the bottom (each module imports only from those below it, and from
+``plexd.api``'s public names): ``calls`` and ``faults`` (plain rules and records) →
+``stream`` and ``nodes`` (event logs, nodes, the keyring) → ``state`` (the control
+plane's state, no aiohttp) → ``exchange``, ``node_api`` and ``admin`` (HTTP handlers
+over the state) → ``server`` (:class:`Emulator`: lifecycle, TLS, middleware) →
+``__main__`` and ``pytest_plugin`` (entry points).
+
 The names below are imported on first use, so that loading the pytest plugin
 (``plexd.emulator.pytest_plugin``) does not import aiohttp and the rest.
 """
@@ -19,20 +26,21 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from plexd.api import CHECKSUM_HEADER
 
-    from .exchange import RecordedCall
+    from .calls import RecordedCall
     from .faults import ALL_NODES, Faults
-    from .server import DEFAULT_KEEPALIVE_INTERVAL, Emulator, PublishedEvent, serve
-    from .state import Node
+    from .nodes import Node
+    from .server import Emulator, serve
+    from .state import DEFAULT_KEEPALIVE_INTERVAL, PublishedEvent
 
 _EXPORTS = {
     "ALL_NODES": ".faults",
     "CHECKSUM_HEADER": ".node_api",
-    "DEFAULT_KEEPALIVE_INTERVAL": ".server",
+    "DEFAULT_KEEPALIVE_INTERVAL": ".state",
     "Emulator": ".server",
     "Faults": ".faults",
-    "Node": ".state",
-    "PublishedEvent": ".server",
-    "RecordedCall": ".exchange",
+    "Node": ".nodes",
+    "PublishedEvent": ".state",
+    "RecordedCall": ".calls",
     "serve": ".server",
 }
 

@@ -1,4 +1,5 @@
-"""``python -m plexd.emulator``: run a local control plane until interrupted."""
+"""Emulator, entry point: ``python -m plexd.emulator`` runs a local control plane until
+interrupted."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .server import DEFAULT_KEEPALIVE_INTERVAL, Emulator, serve
+from .server import Emulator, serve
+from .state import DEFAULT_KEEPALIVE_INTERVAL
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

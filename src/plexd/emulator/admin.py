@@ -1,4 +1,5 @@
-"""The admin API under ``/_emulator/``: drive the emulator from outside its process.
+"""Emulator, HTTP layer: the admin API under ``/_emulator/``, to drive the
+:class:`~.state.EmulatorState` from outside its process.
 
 It is separate from the node API: node tokens mean nothing here. With an admin
 token set, every admin request needs ``Authorization: Bearer <admin token>``;
@@ -16,22 +17,29 @@ without one, admin requests are accepted from loopback addresses only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from plexd.api._types import NULL
+from plexd.api import NULL
 
-from .exchange import Rejected, decode_body, json_response, read_body
+from .calls import bearer_token
+from .exchange import (
+    BEARER_CHALLENGE,
+    Rejected,
+    decode_body,
+    is_loopback,
+    json_response,
+    problem_response,
+    read_body,
+)
 from .faults import faults_to_builtins
-
-if TYPE_CHECKING:
-    from .server import Emulator
+from .state import DEFAULT_TRANSITION, EmulatorState, check_event_type
 
 ADMIN_PREFIX = "/_emulator/"
-# The signing-key transition the admin endpoint uses when the body names none.
-DEFAULT_TRANSITION = 300.0
 
 
 class PublishRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -55,10 +63,33 @@ class RotateRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class AdminAPI:
-    """Request handlers of the admin API."""
+    """Request handlers of the admin API over ``state``, guarded by ``admin_token``
+    (None: loopback clients only)."""
 
-    def __init__(self, emulator: Emulator) -> None:
-        self._emulator = emulator
+    def __init__(self, state: EmulatorState, admin_token: str | None) -> None:
+        self._state = state
+        self._admin_token = admin_token
+
+    async def guarded(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Run ``handler`` for an admin request the caller may make; a problem otherwise."""
+        try:
+            self._check_caller(request)
+            return await handler(request)
+        except Rejected as rejected:
+            return problem_response(rejected)
+
+    def _check_caller(self, request: web.Request) -> None:
+        if self._admin_token is None:
+            if not is_loopback(request.remote):
+                raise Rejected(403, "the admin API without an admin token is for loopback only")
+            return
+        given = (bearer_token(request.headers) or "").encode()
+        if not hmac.compare_digest(given, self._admin_token.encode()):
+            raise Rejected(401, "admin token required", BEARER_CHALLENGE)
 
     def add_routes(self, app: web.Application) -> None:
         """Register the admin endpoints on ``app``."""
@@ -74,18 +105,18 @@ class AdminAPI:
 
     def _node_id(self, request: web.Request) -> str:
         node_id = request.match_info["node_id"]
-        if node_id not in self._emulator.nodes:
+        if node_id not in self._state.nodes:
             raise Rejected(404, "no such node")
         return node_id
 
     async def list_nodes(self, request: web.Request) -> web.Response:
         """Every node with its mesh IP and how many reports and events it has."""
-        emulator = self._emulator
+        state = self._state
         nodes = [
             {"id": node.id, "hostname": node.hostname, "mesh_ip": node.mesh_ip, **node.counts()}
-            for node in emulator.nodes.values()
+            for node in state.nodes.values()
         ]
-        return json_response({"nodes": nodes, "signing_keys": emulator.signing_keys})
+        return json_response({"nodes": nodes, "signing_keys": state.signing_keys})
 
     async def publish(self, request: web.Request) -> web.Response:
         """Publish one event or a list of events to a node; answers their ids."""
@@ -94,16 +125,18 @@ class AdminAPI:
         requests = decode_body(body, PublishRequest | list[PublishRequest])  # type: ignore[arg-type]
         batch: list[PublishRequest] = requests if isinstance(requests, list) else [requests]
         for item in batch:
-            if "\n" in item.event_type or "\r" in item.event_type:
-                raise Rejected(400, "event_type must not contain a line break")
-        published = self._emulator.publish_many(
+            try:
+                check_event_type(item.event_type)
+            except ValueError as exc:
+                raise Rejected(400, str(exc)) from None
+        published = self._state.publish_many(
             node_id, [(item.event_type, bytes(item.payload)) for item in batch]
         )
         return json_response({"ids": [event.id for event in published]})
 
     async def set_flags(self, request: web.Request) -> web.Response:
         """Set what the node's heartbeats are answered with."""
-        node = self._emulator.nodes[self._node_id(request)]
+        node = self._state.nodes[self._node_id(request)]
         flags = decode_body(await read_body(request), FlagsRequest)
         if flags.reconcile is not None:
             node.reconcile = flags.reconcile
@@ -113,26 +146,26 @@ class AdminAPI:
 
     async def disconnect(self, request: web.Request) -> web.Response:
         """End the node's open event streams."""
-        closed = self._emulator.disconnect_streams(self._node_id(request))
+        closed = self._state.disconnect_streams(self._node_id(request))
         return json_response({"closed": closed})
 
     async def get_faults(self, request: web.Request) -> web.Response:
         """The node's current faults."""
-        faults = self._emulator.faults(request.match_info["node_id"])
+        faults = self._state.faults(request.match_info["node_id"])
         return json_response(faults_to_builtins(faults))
 
     async def set_faults(self, request: web.Request) -> web.Response:
         """Change the fault fields given in the body (a JSON object); the others stay."""
         changes = decode_body(await read_body(request), dict[str, Any])
         try:
-            faults = self._emulator.set_faults(request.match_info["node_id"], **changes)
+            faults = self._state.set_faults(request.match_info["node_id"], **changes)
         except (msgspec.ValidationError, TypeError) as exc:
             raise Rejected(400, f"bad faults: {exc}") from None
         return json_response(faults_to_builtins(faults))
 
     async def clear_faults(self, request: web.Request) -> web.Response:
         """Switch every fault of the node off."""
-        faults = self._emulator.clear_faults(request.match_info["node_id"])
+        faults = self._state.clear_faults(request.match_info["node_id"])
         return json_response(faults_to_builtins(faults))
 
     async def rotate_signing_key(self, request: web.Request) -> web.Response:
@@ -141,4 +174,4 @@ class AdminAPI:
         rotate = decode_body(body, RotateRequest) if body.strip() else RotateRequest()
         if rotate.transition < 0:
             raise Rejected(400, "transition must not be negative")
-        return json_response(self._emulator.rotate_signing_key(rotate.transition))
+        return json_response(self._state.rotate_signing_key(rotate.transition))

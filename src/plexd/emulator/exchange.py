@@ -1,11 +1,12 @@
-"""Request and response plumbing shared by the node API and the admin API: errors,
-bodies, the record of calls."""
+"""Emulator, HTTP layer: request and response plumbing the node API, the admin API and
+the server share: rejections as problem documents, JSON bodies, the call record's slot
+on a request, loopback checks.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -13,12 +14,16 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .calls import RecordedCall
+
 T = TypeVar("T")
 
 # Largest request body the emulator reads (after gzip decompression).
 MAX_REQUEST_BODY = 16 * 1024 * 1024
 PROBLEM_JSON = "application/problem+json"
 JSON = "application/json"
+# The challenge of a 401 for a missing or wrong bearer token (RFC 6750).
+BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 _encoder = msgspec.json.Encoder()
 
@@ -87,15 +92,6 @@ def json_or_none(body: bytes) -> Any:
         return None
 
 
-def bearer_token(request: web.Request) -> str | None:
-    """The bearer token of a request, or None when it carries none."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
 def is_loopback(remote: str | None) -> bool:
     """Whether a peer address is the local machine."""
     if not remote:
@@ -106,34 +102,17 @@ def is_loopback(remote: str | None) -> bool:
         return False
 
 
-@dataclass(eq=False)
-class RecordedCall:
-    """One request the node API received, for assertions in tests.
-
-    ``path`` is as received (percent-encoded); ``node_id`` is the node the path
-    names (decoded), None for paths without one; ``body`` is the decoded JSON
-    request body (gunzipped), None when empty or not JSON; ``status`` is the answer
-    (set when known; for an event stream, once its headers are sent). ``headers``
-    keep every request header (case-insensitive); they and the body stay out of
-    the repr.
-    """
-
-    method: str
-    path: str
-    node_id: str | None
-    body: Any = field(default=None, repr=False)
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    status: int | None = None
-
-    @property
-    def bearer_token(self) -> str | None:
-        """The token the request carried (for asserting which credential was used)."""
-        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        return token.strip() or None
-
-
 def copy_headers(request: web.Request) -> Mapping[str, str]:
     """A case-insensitive copy of a request's headers, for the call record."""
     return CIMultiDictProxy(CIMultiDict(request.headers))
+
+
+# Where the server's middleware keeps a request's call record, for handlers to complete.
+RECORD_KEY = web.RequestKey("plexd_emulator.record", RecordedCall)
+
+
+def mark_answered(request: web.Request, status: int) -> None:
+    """Note the status of a request in its call record (streams do so at once)."""
+    record = request.get(RECORD_KEY)
+    if record is not None:
+        record.status = status

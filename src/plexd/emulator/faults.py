@@ -1,4 +1,5 @@
-"""Fault injection: what the emulator does wrong on purpose, per node, deterministically.
+"""Emulator, bottom layer (pure): fault injection, what the emulator does wrong on
+purpose, per node, deterministically.
 
 A :class:`Faults` object holds the faults of one node (or of every node, under the
 node id ``"*"``). Counted faults are consumed as they fire, so a test that sets
@@ -65,14 +66,6 @@ class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     malformed_kind: MalformedKind = "invalid_json"
 
 
-_faults_decoder = msgspec.json.Decoder(Faults)
-
-
-def faults_from_json(data: bytes) -> Faults:
-    """Decode faults sent to the admin endpoint; raises ``msgspec`` errors for bad input."""
-    return _faults_decoder.decode(data)
-
-
 def faults_to_builtins(faults: Faults) -> dict[str, object]:
     """The faults as a JSON-ready dict (every field, for the admin endpoint's answer)."""
     return {name: getattr(faults, name) for name in faults.__struct_fields__}
@@ -119,21 +112,28 @@ def take_stream_plan(applicable: Iterable[Faults]) -> StreamPlan:
     cut: int | None = None
     stall: int | None = None
     for faults in applicable:
-        if cut is None and faults.cut_after_bytes is not None and faults.cut_streams > 0:
-            cut = faults.cut_after_bytes
-            faults.cut_streams -= 1
-            if faults.cut_streams == 0:
-                faults.cut_after_bytes = None
-                faults.cut_streams = 1
-        if stall is None and faults.stall_after_bytes is not None and faults.stall_streams > 0:
-            stall = faults.stall_after_bytes
-            faults.stall_streams -= 1
-            if faults.stall_streams == 0:
-                faults.stall_after_bytes = None
-                faults.stall_streams = 1
+        if cut is None:
+            cut = _take_connection(faults, "cut_after_bytes", "cut_streams")
+        if stall is None:
+            stall = _take_connection(faults, "stall_after_bytes", "stall_streams")
     if cut is None and stall is None:
         return HEALTHY_STREAM
     return StreamPlan(cut, stall)
+
+
+def _take_connection(faults: Faults, after_bytes: str, connections: str) -> int | None:
+    """The byte threshold ``faults.<after_bytes>`` for one more connection, counted down
+    in ``faults.<connections>``; the last counted connection switches the fault off."""
+    threshold: int | None = getattr(faults, after_bytes)
+    remaining: int = getattr(faults, connections)
+    if threshold is None or remaining <= 0:
+        return None
+    if remaining == 1:
+        setattr(faults, after_bytes, None)
+        setattr(faults, connections, 1)
+    else:
+        setattr(faults, connections, remaining - 1)
+    return threshold
 
 
 def take_event_mutation(applicable: Iterable[Faults]) -> EventMutation | None:

@@ -1,4 +1,5 @@
-"""The node-facing endpoints of WIRE.md, served from the emulator's in-memory state.
+"""Emulator, HTTP layer: the node-facing endpoints of WIRE.md, served from the
+:class:`~.state.EmulatorState`.
 
 Authorization of a node endpoint, in order: no or unknown bearer token → 401;
 the node in the path does not exist → 404; the token belongs to another node → 403.
@@ -7,19 +8,26 @@ the node in the path does not exist → 404; the token belongs to another node �
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 
+from plexd import api
 from plexd.api import CHECKSUM_HEADER
-from plexd.api import _types as t
 
-from .exchange import Rejected, decode_body, json_response, no_content, read_body
-from .state import Node
-from .stream import StreamConnection, StreamCut
-
-if TYPE_CHECKING:
-    from .server import Emulator
+from .calls import bearer_token
+from .exchange import (
+    BEARER_CHALLENGE,
+    Rejected,
+    decode_body,
+    json_response,
+    mark_answered,
+    no_content,
+    read_body,
+)
+from .nodes import Node
+from .state import EmulatorState
+from .stream import StreamCut
 
 EVENTS_ROUTE = "events"
 _EVENT_STREAM_HEADERS = {
@@ -34,10 +42,10 @@ T = TypeVar("T")
 
 
 class NodeAPI:
-    """Request handlers of the node API; state lives in the :class:`Emulator`."""
+    """Request handlers of the node API; what they read and change is the ``state``."""
 
-    def __init__(self, emulator: Emulator) -> None:
-        self._emulator = emulator
+    def __init__(self, state: EmulatorState) -> None:
+        self._state = state
 
     def add_routes(self, app: web.Application) -> None:
         """Register every endpoint of WIRE.md on ``app``."""
@@ -62,7 +70,27 @@ class NodeAPI:
         router.add_get("/v1/ping", self.ping)
 
     def _node(self, request: web.Request) -> Node:
-        return self._emulator.authorize(request, request.match_info["node_id"])
+        return self._authorize(request, request.match_info["node_id"])
+
+    def _authenticate(self, request: web.Request) -> Node:
+        """The node whose token the request carries; 401 for none or an unknown one."""
+        token = bearer_token(request.headers)
+        if token is None:
+            raise Rejected(401, "missing bearer token", BEARER_CHALLENGE)
+        node = self._state.node_for_token(token)
+        if node is None:
+            raise Rejected(401, "unknown token", BEARER_CHALLENGE)
+        return node
+
+    def _authorize(self, request: web.Request, node_id: str) -> Node:
+        """The node ``node_id`` if the request's token may act on it: 401, then 404, then 403."""
+        caller = self._authenticate(request)
+        node = self._state.nodes.get(node_id)
+        if node is None:
+            raise Rejected(404, "no such node")
+        if node is not caller:
+            raise Rejected(403, "this token belongs to another node")
+        return node
 
     async def _body(self, request: web.Request, type: type[T]) -> T:
         return decode_body(await read_body(request), type)
@@ -71,41 +99,41 @@ class NodeAPI:
 
     async def register(self, request: web.Request) -> web.Response:
         """Exchange a bootstrap token for a node id and the node's own bearer token."""
-        req = await self._body(request, t.RegisterRequest)
-        emulator = self._emulator
-        if not emulator.is_bootstrap_token(req.token):
-            raise Rejected(401, "unknown bootstrap token", {"WWW-Authenticate": "Bearer"})
-        node = emulator.create_node(
+        req = await self._body(request, api.RegisterRequest)
+        state = self._state
+        if not state.is_bootstrap_token(req.token):
+            raise Rejected(401, "unknown bootstrap token", BEARER_CHALLENGE)
+        node = state.create_node(
             hostname=req.hostname,
             public_key=req.public_key,
             metadata=req.metadata,
             capabilities=req.capabilities,
         )
         return json_response(
-            t.RegisterResponse(
+            api.RegisterResponse(
                 node_id=node.id,
                 mesh_ip=node.mesh_ip,
-                signing_public_key=emulator.signing_public_key,
+                signing_public_key=state.signing_public_key,
                 node_secret_key=node.token,
-                peers=emulator.peers_of(node),
+                peers=state.peers_of(node),
             )
         )
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         """Record a heartbeat; answer whether the node should reconcile or rotate keys."""
         node = self._node(request)
-        req = await self._body(request, t.HeartbeatRequest)
+        req = await self._body(request, api.HeartbeatRequest)
         if req.node_id and req.node_id != node.id:
             raise Rejected(400, "node_id in the body does not match the path")
         node.heartbeats.append(req)
         return json_response(
-            t.HeartbeatResponse(reconcile=node.reconcile, rotate_keys=node.rotate_keys)
+            api.HeartbeatResponse(reconcile=node.reconcile, rotate_keys=node.rotate_keys)
         )
 
     async def deregister(self, request: web.Request) -> web.Response:
         """Forget the node; its token stops working and its streams end."""
         node = self._node(request)
-        self._emulator.remove_node(node.id)
+        self._state.remove_node(node.id)
         return no_content()
 
     async def ping(self, request: web.Request) -> web.Response:
@@ -118,16 +146,16 @@ class NodeAPI:
         """The node's full desired state; fetching it satisfies a pending ``reconcile``."""
         node = self._node(request)
         node.reconcile = False
-        emulator = self._emulator
+        state = self._state
         return json_response(
-            t.StateResponse(
-                peers=emulator.peers_of(node),
+            api.StateResponse(
+                peers=state.peers_of(node),
                 policies=node.policies,
-                signing_keys=emulator.signing_keys,
+                signing_keys=state.signing_keys,
                 metadata=node.metadata,
                 data=list(node.data.values()),
                 secret_refs=[
-                    t.SecretRef(key=secret.key, version=secret.version)
+                    api.SecretRef(key=secret.key, version=secret.version)
                     for secret in node.secrets.values()
                 ],
             )
@@ -145,44 +173,43 @@ class NodeAPI:
 
     async def rotate_keys(self, request: web.Request) -> web.Response:
         """Take the node's new public key; satisfies a pending ``rotate_keys``."""
-        emulator = self._emulator
-        caller = emulator.authenticate(request)
-        req = await self._body(request, t.KeyRotateRequest)
-        node = emulator.authorize(request, req.node_id or caller.id)
+        caller = self._authenticate(request)
+        req = await self._body(request, api.KeyRotateRequest)
+        node = self._authorize(request, req.node_id or caller.id)
         node.public_key = req.new_public_key
         node.rotate_keys = False
         node.key_rotations.append(req)
-        return json_response(t.KeyRotateResponse(updated_peers=emulator.peers_of(node)))
+        return json_response(api.KeyRotateResponse(updated_peers=self._state.peers_of(node)))
 
     async def update_capabilities(self, request: web.Request) -> web.Response:
         """Store what the node can do."""
         node = self._node(request)
-        node.capabilities = await self._body(request, t.CapabilitiesPayload)
+        node.capabilities = await self._body(request, api.CapabilitiesPayload)
         return no_content()
 
     async def report_endpoint(self, request: web.Request) -> web.Response:
         """Store the node's public endpoint; answer with the other nodes' endpoints."""
         node = self._node(request)
-        node.endpoint = await self._body(request, t.EndpointReport)
+        node.endpoint = await self._body(request, api.EndpointReport)
         peers = [
-            t.PeerEndpoint(peer_id=peer.id, endpoint=peer.endpoint.public_endpoint)
-            for peer in self._emulator.nodes.values()
+            api.PeerEndpoint(peer_id=peer.id, endpoint=peer.endpoint.public_endpoint)
+            for peer in self._state.nodes.values()
             if peer is not node and peer.endpoint and peer.endpoint.public_endpoint
         ]
-        return json_response(t.EndpointResponse(peer_endpoints=peers))
+        return json_response(api.EndpointResponse(peer_endpoints=peers))
 
     # --- reports ----------------------------------------------------------------
 
     async def report_drift(self, request: web.Request) -> web.Response:
         """Store a drift report."""
         node = self._node(request)
-        node.drift.append(await self._body(request, t.DriftReport))
+        node.drift.append(await self._body(request, api.DriftReport))
         return no_content()
 
     async def sync_reports(self, request: web.Request) -> web.Response:
         """Upsert the node's report entries by key and drop the deleted keys."""
         node = self._node(request)
-        req = await self._body(request, t.ReportSyncRequest)
+        req = await self._body(request, api.ReportSyncRequest)
         for entry in req.entries:
             node.reports[entry.key] = entry
         for key in req.deleted:
@@ -192,14 +219,14 @@ class NodeAPI:
     async def ack_execution(self, request: web.Request) -> web.Response:
         """Store an execution's acknowledgement under the path's execution id."""
         node = self._node(request)
-        ack = await self._body(request, t.ExecutionAck)
+        ack = await self._body(request, api.ExecutionAck)
         node.acks[self._execution_id(request, ack.execution_id)] = ack
         return no_content()
 
     async def report_result(self, request: web.Request) -> web.Response:
         """Store an execution's result under the path's execution id."""
         node = self._node(request)
-        result = await self._body(request, t.ExecutionResult)
+        result = await self._body(request, api.ExecutionResult)
         node.results[self._execution_id(request, result.execution_id)] = result
         return no_content()
 
@@ -212,28 +239,28 @@ class NodeAPI:
     async def report_metrics(self, request: web.Request) -> web.Response:
         """Store a batch of metric points."""
         node = self._node(request)
-        node.metrics.extend(await self._body(request, list[t.MetricPoint]))
+        node.metrics.extend(await self._body(request, list[api.MetricPoint]))
         return no_content()
 
     async def report_logs(self, request: web.Request) -> web.Response:
         """Store a batch of log entries."""
         node = self._node(request)
-        node.logs.extend(await self._body(request, list[t.LogEntry]))
+        node.logs.extend(await self._body(request, list[api.LogEntry]))
         return no_content()
 
     async def report_audit(self, request: web.Request) -> web.Response:
         """Store a batch of audit entries."""
         node = self._node(request)
-        node.audit.extend(await self._body(request, list[t.AuditEntry]))
+        node.audit.extend(await self._body(request, list[api.AuditEntry]))
         return no_content()
 
     # --- artifacts ----------------------------------------------------------------
 
     async def fetch_artifact(self, request: web.Request) -> web.Response:
         """A deterministic blob for any version/os/arch, with its SHA-256 in a header."""
-        self._emulator.authenticate(request)
+        self._authenticate(request)
         info = request.match_info
-        blob = self._emulator.artifact(info["version"], info["os"], info["arch"])
+        blob = self._state.artifact(info["version"], info["os"], info["arch"])
         return web.Response(
             body=blob,
             content_type="application/octet-stream",
@@ -245,33 +272,21 @@ class NodeAPI:
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Stream the node's events after ``Last-Event-ID`` and then live ones as published."""
         node = self._node(request)
-        emulator = self._emulator
-        plan = emulator.take_stream_plan(node.id)
+        state = self._state
+        plan = state.take_stream_plan(node.id)
         response = web.StreamResponse(headers=_EVENT_STREAM_HEADERS)
         await response.prepare(request)
-        emulator.mark_answered(request, response.status)
-        log = node.events
-        stream = StreamConnection(
-            log,
-            log.start_index(request.headers.get("Last-Event-ID", "")),
-            response.write,
-            lambda: emulator.applicable_faults(node.id),
-            keepalive_interval=emulator.keepalive_interval,
-            retry_ms=emulator.retry_ms,
-            plan=plan,
-        )
-        log.streams.add(stream)
-        emulator.streams_changed()
-        try:
-            await stream.run()
-        except StreamCut:
-            # close() (not abort()) delivers what was written, then drops the
-            # connection without the chunked body's end: the client sees a cut.
-            if request.transport is not None:
-                request.transport.close()
-        except ConnectionError:
-            pass  # the client went away
-        finally:
-            log.streams.discard(stream)
-            emulator.streams_changed()
+        mark_answered(request, response.status)
+        last_event_id = request.headers.get("Last-Event-ID", "")
+        stream = state.new_stream(node, last_event_id, response.write, plan)
+        with state.open_stream(stream):
+            try:
+                await stream.run()
+            except StreamCut:
+                # close() (not abort()) delivers what was written, then drops the
+                # connection without the chunked body's end: the client sees a cut.
+                if request.transport is not None:
+                    request.transport.close()
+            except ConnectionError:
+                pass  # the client went away
         return response

@@ -1,4 +1,5 @@
-"""pytest plugin of plexd-api: the ``control_plane`` fixture, a local emulator per test.
+"""Emulator, entry point: the pytest plugin of plexd-api, the ``control_plane``
+fixture (a local emulator per test).
 
     async def test_my_node(control_plane):
         node_id, token = control_plane.register_node("web-1")

@@ -1,140 +1,406 @@
-"""The emulator's in-memory state: nodes, their reports, the signing keys, artifacts."""
+"""Emulator, state layer (no aiohttp): everything the control plane knows, and its rules.
+
+:class:`EmulatorState` owns the nodes and their tokens, the bootstrap tokens, the
+signing keyring, the faults, every node's event log and publishing into it, the
+record of calls and the artifacts. It never sees an HTTP request: the node API and
+the admin API (:mod:`.node_api`, :mod:`.admin`) read and change it, and
+:class:`~plexd.emulator.Emulator` is this state with a server in front of it.
+
+Everything is driven from one event loop: call the methods from that loop's thread.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import hashlib
-import ipaddress
-import secrets
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+import hmac
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
+import msgspec
 from nacl.signing import SigningKey
 
-from plexd.api import _types as t
+from plexd import api
 
-from .stream import EventLog
+from . import faults as f
+from .calls import RecordedCall
+from .nodes import DEFAULT_ARTIFACT_SIZE, Node, SigningKeyring, artifact_blob, mesh_ip, new_token
+from .stream import StreamConnection
 
-# Mesh addresses handed out in registration order: node 1 gets 10.99.0.1.
-MESH_NETWORK = ipaddress.IPv4Network("10.99.0.0/16")
-# Size of the generated artifact blobs unless the emulator is told otherwise.
-DEFAULT_ARTIFACT_SIZE = 256 * 1024
-# Length (bytes of randomness) of generated node secret keys and bootstrap tokens.
-TOKEN_BYTES = 32
+# WIRE.md: "The server sends a `:` comment line as keep-alive (about every 25 s)".
+DEFAULT_KEEPALIVE_INTERVAL = 25.0
+# How long a signing_key_rotated transition lasts unless told otherwise (seconds).
+DEFAULT_TRANSITION = 300.0
 
-
-def new_token() -> str:
-    """A fresh random bearer token."""
-    return secrets.token_urlsafe(TOKEN_BYTES)
+_log = logging.getLogger("plexd.emulator")
 
 
-@dataclass(eq=False)
-class Node:
-    """One registered node: what it told the control plane, and what it is told.
+@dataclass(frozen=True)
+class PublishedEvent:
+    """An event in a node's log: its SSE ``id`` and the signed envelope sent as ``data``."""
 
-    Everything is plain data a test may read or change directly. ``reconcile`` and
-    ``rotate_keys`` are what its heartbeats are answered with; they stay set until
-    the node acts on them (``reconcile`` until it fetches its state, ``rotate_keys``
-    until it rotates its key).
+    node_id: str
+    id: int
+    envelope: api.SignedEnvelope
+
+
+def check_event_type(event_type: str) -> None:
+    """Raise ValueError for an event type an SSE ``event:`` line cannot carry."""
+    if "\n" in event_type or "\r" in event_type:
+        raise ValueError("event_type must not contain a line break")
+
+
+def _payload_json(payload: Any) -> bytes:
+    """The JSON text of an event payload: bytes and ``msgspec.Raw`` are taken as JSON text
+    as they are; anything else (dicts, lists, wire types, None) is encoded."""
+    if isinstance(payload, msgspec.Raw):
+        return bytes(payload)
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return bytes(payload)
+    return msgspec.json.encode(payload)
+
+
+def _next_version(previous: api.DataEntry | api.SecretResponse | None) -> int:
+    return previous.version + 1 if previous else 1
+
+
+class EmulatorState:
+    """The in-memory control plane: nodes, tokens, signing keys, faults, event logs.
+
+    ``tokens`` are the bootstrap tokens registration accepts (reusable; one random
+    token when none are given: see :attr:`bootstrap_token`). ``keepalive_interval`` is
+    the seconds between ``:`` comments on idle streams; ``retry_ms`` makes every stream
+    start with ``retry: <ms>``. ``signing_seed`` (32 bytes) fixes the first signing key;
+    ``artifact_size`` is the size of the generated artifacts.
+
+    State is plain data on the object: :attr:`nodes` (id → :class:`Node`, whose
+    lists hold what each node reported), :attr:`calls` (every node-API request, in
+    order), :attr:`artifacts`. Node ids are ``node-1``, ``node-2``, … in
+    registration order.
     """
 
-    id: str
-    token: str = field(repr=False)
-    mesh_ip: str
-    hostname: str
-    public_key: str
-    metadata: dict[str, str] = field(default_factory=dict)
-    capabilities: t.CapabilitiesPayload | None = None
-    endpoint: t.EndpointReport | None = None
-    reconcile: bool = False
-    rotate_keys: bool = False
-    policies: list[t.Policy] = field(default_factory=list)
-    data: dict[str, t.DataEntry] = field(default_factory=dict)
-    secrets: dict[str, t.SecretResponse] = field(default_factory=dict, repr=False)
-    heartbeats: list[t.HeartbeatRequest] = field(default_factory=list, repr=False)
-    metrics: list[t.MetricPoint] = field(default_factory=list, repr=False)
-    logs: list[t.LogEntry] = field(default_factory=list, repr=False)
-    audit: list[t.AuditEntry] = field(default_factory=list, repr=False)
-    drift: list[t.DriftReport] = field(default_factory=list, repr=False)
-    reports: dict[str, t.ReportEntry] = field(default_factory=dict, repr=False)
-    acks: dict[str, t.ExecutionAck] = field(default_factory=dict, repr=False)
-    results: dict[str, t.ExecutionResult] = field(default_factory=dict, repr=False)
-    key_rotations: list[t.KeyRotateRequest] = field(default_factory=list, repr=False)
-    events: EventLog = field(default_factory=EventLog, repr=False)
+    def __init__(
+        self,
+        *,
+        tokens: Iterable[str] | None = None,
+        keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL,
+        retry_ms: int | None = None,
+        signing_seed: bytes | None = None,
+        artifact_size: int = DEFAULT_ARTIFACT_SIZE,
+    ) -> None:
+        if keepalive_interval <= 0:
+            raise ValueError("keepalive_interval must be positive")
+        if retry_ms is not None and retry_ms < 0:
+            raise ValueError("retry_ms must not be negative")
+        self.bootstrap_tokens: list[str] = list(tokens) if tokens else [new_token()]
+        self.keepalive_interval = keepalive_interval
+        self.retry_ms = retry_ms
+        self.artifact_size = artifact_size
+        self.nodes: dict[str, Node] = {}
+        self.calls: list[RecordedCall] = []
+        self.artifacts: dict[tuple[str, str, str], bytes] = {}
+        self._keys = SigningKeyring(signing_seed)
+        self._by_token: dict[str, Node] = {}
+        self._faults: dict[str, f.Faults] = {}
+        self._registered = 0
+        self._streams_event = asyncio.Event()
 
-    def as_peer(self) -> t.Peer:
-        """How other nodes see this node."""
-        return t.Peer(
-            id=self.id,
-            public_key=self.public_key,
-            mesh_ip=self.mesh_ip,
-            endpoint=self.endpoint.public_endpoint if self.endpoint else "",
-            allowed_ips=[f"{self.mesh_ip}/32"],
+    # --- nodes and tokens -----------------------------------------------------------------
+
+    @property
+    def bootstrap_token(self) -> str:
+        """The first bootstrap token (the generated one when none were given)."""
+        return self.bootstrap_tokens[0]
+
+    def is_bootstrap_token(self, token: str) -> bool:
+        """Whether registration accepts ``token``."""
+        given = token.encode()
+        return any(hmac.compare_digest(given, known.encode()) for known in self.bootstrap_tokens)
+
+    def node_for_token(self, token: str | None) -> Node | None:
+        """The node whose bearer token ``token`` is; None for none or an unknown one."""
+        return self._by_token.get(token) if token else None
+
+    def create_node(
+        self,
+        *,
+        hostname: str = "node",
+        public_key: str = "",
+        metadata: Mapping[str, str] | None = None,
+        capabilities: api.CapabilitiesPayload | None = None,
+    ) -> Node:
+        """Register a node directly (no HTTP); its id is ``node-<n>`` in registration order."""
+        self._registered += 1
+        sequence = self._registered
+        node = Node(
+            id=f"node-{sequence}",
+            token=new_token(),
+            mesh_ip=mesh_ip(sequence),
+            hostname=hostname,
+            public_key=public_key or base64.b64encode(os.urandom(32)).decode("ascii"),
+            metadata=dict(metadata or {}),
+            capabilities=capabilities,
+        )
+        self.nodes[node.id] = node
+        self._by_token[node.token] = node
+        _log.info("node registered", extra={"node_id": node.id, "hostname": hostname})
+        return node
+
+    def register_node(
+        self,
+        hostname: str = "node",
+        *,
+        public_key: str = "",
+        metadata: Mapping[str, str] | None = None,
+    ) -> tuple[str, str]:
+        """Register a node without HTTP; returns ``(node_id, token)`` for the client."""
+        node = self.create_node(hostname=hostname, public_key=public_key, metadata=metadata)
+        return node.id, node.token
+
+    def remove_node(self, node_id: str) -> None:
+        """Deregister a node: its token stops working and its streams end."""
+        node = self.nodes.pop(node_id)
+        self._by_token.pop(node.token, None)
+        node.events.close_streams()
+        _log.info("node deregistered", extra={"node_id": node_id})
+
+    def node(self, node_id: str) -> Node:
+        """The state of a registered node (raises KeyError for an unknown id)."""
+        try:
+            return self.nodes[node_id]
+        except KeyError:
+            raise KeyError(f"no node {node_id!r}") from None
+
+    def peers_of(self, node: Node) -> list[api.Peer]:
+        """The other registered nodes, as ``node`` sees them."""
+        return [other.as_peer() for other in self.nodes.values() if other is not node]
+
+    def counts(self, node_id: str) -> dict[str, int]:
+        """How many heartbeats, metrics, logs, audit entries, … the node sent."""
+        return self.node(node_id).counts()
+
+    # --- state a test sets up ------------------------------------------------------------
+
+    def put_data(
+        self, node_id: str, key: str, payload: Any, *, content_type: str = "application/json"
+    ) -> api.DataEntry:
+        """Add or replace a data entry of the node (its version goes up by one)."""
+        node = self.node(node_id)
+        entry = api.DataEntry(
+            key=key,
+            content_type=content_type,
+            payload=msgspec.Raw(_payload_json(payload)),
+            version=_next_version(node.data.get(key)),
+            updated_at=datetime.now(UTC),
+        )
+        node.data[key] = entry
+        return entry
+
+    def put_secret(
+        self, node_id: str, key: str, ciphertext: str, nonce: str = ""
+    ) -> api.SecretResponse:
+        """Add or replace a secret of the node (its version goes up by one)."""
+        node = self.node(node_id)
+        secret = api.SecretResponse(
+            key=key,
+            ciphertext=ciphertext,
+            nonce=nonce,
+            version=_next_version(node.secrets.get(key)),
+        )
+        node.secrets[key] = secret
+        return secret
+
+    def artifact(self, version: str, os: str, arch: str) -> bytes:
+        """The blob served for an artifact (generated once; set ``artifacts[...]`` to override)."""
+        key = (version, os, arch)
+        blob = self.artifacts.get(key)
+        if blob is None:
+            blob = self.artifacts[key] = artifact_blob(version, os, arch, self.artifact_size)
+        return blob
+
+    # --- signing and publishing -------------------------------------------------------------
+
+    @property
+    def signing_public_key(self) -> str:
+        """The current signing key's public half, base64 (what registration hands out)."""
+        return self.signing_keys.current
+
+    @property
+    def signing_keys(self) -> api.SigningKeys:
+        """The signing keys as ``StateResponse.signing_keys`` shows them now."""
+        return self._keys.signing_keys()
+
+    @property
+    def signing_key(self) -> SigningKey:
+        """The current private signing key (for tests that sign envelopes themselves)."""
+        return self._keys.current
+
+    def publish(
+        self,
+        node_id: str,
+        event_type: str,
+        payload: Any = None,
+        *,
+        issued_at: datetime | str | None = None,
+        nonce: str | None = None,
+    ) -> PublishedEvent:
+        """Sign an event, add it to the node's log and send it to its open streams now.
+
+        ``payload`` is any JSON-encodable value (maps written with sorted keys, as Go
+        does), a wire type, or JSON text as bytes / ``msgspec.Raw`` (compacted; invalid
+        JSON raises ``EnvelopeError``). ``issued_at`` and ``nonce`` default to now and a
+        random nonce (set them to test staleness and replay checks).
+        """
+        node = self.node(node_id)
+        check_event_type(event_type)
+        event_id = node.events.next_id
+        envelope = api.sign_envelope(
+            self._keys.current, str(event_type), str(event_id), payload,
+            issued_at=issued_at, nonce=nonce,
+        )  # fmt: skip
+        node.events.append((envelope,))
+        return PublishedEvent(node_id, event_id, envelope)
+
+    def publish_many(self, node_id: str, events: Iterable[tuple[str, Any]]) -> list[PublishedEvent]:
+        """Publish ``(event_type, payload)`` pairs in order, waking the streams once.
+
+        All or nothing: a bad event type raises before any event is added.
+        """
+        node = self.node(node_id)
+        key = self._keys.current
+        first = node.events.next_id
+        published: list[PublishedEvent] = []
+        for offset, (event_type, payload) in enumerate(events):
+            check_event_type(event_type)
+            event_id = first + offset
+            envelope = api.sign_envelope(key, str(event_type), str(event_id), payload)
+            published.append(PublishedEvent(node_id, event_id, envelope))
+        node.events.append(event.envelope for event in published)
+        return published
+
+    def events(self, node_id: str) -> list[api.SignedEnvelope]:
+        """Every envelope published to the node, in order (index i has id i + 1)."""
+        return list(self.node(node_id).events.envelopes)
+
+    def rotate_signing_key(
+        self, transition: float = DEFAULT_TRANSITION, *, seed: bytes | None = None
+    ) -> api.SigningKeys:
+        """Switch to a new signing key; the old one stays valid ``transition`` seconds.
+
+        Every node gets a ``signing_key_rotated`` event whose payload is the new
+        SigningKeys. That event is signed with the OLD key, so a client that only
+        knows the old key can verify it; every later event is signed with the new key.
+        """
+        old = self._keys.rotate(transition, seed)
+        keys = self._keys.signing_keys()
+        for node in self.nodes.values():
+            event_id = node.events.next_id
+            envelope = api.sign_envelope(
+                old, api.EventType.SIGNING_KEY_ROTATED.value, str(event_id), keys
+            )
+            node.events.append((envelope,))
+        _log.info("signing key rotated", extra={"transition": transition})
+        return keys
+
+    # --- streams ------------------------------------------------------------------------
+
+    def take_stream_plan(self, node_id: str) -> f.StreamPlan:
+        """The cut/stall plan of a new stream connection of the node (consumes the fault)."""
+        return f.take_stream_plan(self.applicable_faults(node_id))
+
+    def new_stream(
+        self,
+        node: Node,
+        last_event_id: str,
+        write: Callable[[bytes], Awaitable[None]],
+        plan: f.StreamPlan,
+    ) -> StreamConnection:
+        """A connection streaming the node's log after ``last_event_id`` through ``write``,
+        cut or stalled as ``plan`` says; it looks the event faults up on every batch."""
+        log = node.events
+        return StreamConnection(
+            log,
+            log.start_index(last_event_id),
+            write,
+            lambda: self.applicable_faults(node.id),
+            keepalive_interval=self.keepalive_interval,
+            retry_ms=self.retry_ms,
+            plan=plan,
         )
 
-    def counts(self) -> dict[str, int]:
-        """How many of each report the node sent (for the admin endpoint and the CLI)."""
-        return {
-            "heartbeats": len(self.heartbeats),
-            "metrics": len(self.metrics),
-            "logs": len(self.logs),
-            "audit": len(self.audit),
-            "drift": len(self.drift),
-            "reports": len(self.reports),
-            "acks": len(self.acks),
-            "results": len(self.results),
-            "events": len(self.events),
-            "streams": len(self.events.streams),
-        }
+    @contextmanager
+    def open_stream(self, stream: StreamConnection) -> Iterator[None]:
+        """Count ``stream`` among its node's open streams while the block runs."""
+        streams = stream.log.streams
+        streams.add(stream)
+        self._streams_changed()
+        try:
+            yield
+        finally:
+            streams.discard(stream)
+            self._streams_changed()
 
+    def stream_count(self, node_id: str) -> int:
+        """How many event streams of the node are open now."""
+        node = self.nodes.get(node_id)
+        return len(node.events.streams) if node else 0
 
-def mesh_ip(sequence: int) -> str:
-    """The mesh address of the ``sequence``-th registered node (1-based; wraps around
-    after the last host address of the network)."""
-    hosts = MESH_NETWORK.num_addresses - 2
-    return str(MESH_NETWORK.network_address + (sequence - 1) % hosts + 1)
+    async def wait_for_streams(self, node_id: str, count: int = 1) -> None:
+        """Wait until the node has at least ``count`` open streams (bound it with
+        ``asyncio.timeout``)."""
+        while self.stream_count(node_id) < count:
+            await self._streams_event.wait()
 
+    def _streams_changed(self) -> None:
+        # Wakes wait_for_streams: each waiter re-checks its count.
+        event, self._streams_event = self._streams_event, asyncio.Event()
+        event.set()
 
-def public_key_b64(key: SigningKey) -> str:
-    """The base64 Ed25519 public key of a signing key."""
-    return base64.b64encode(bytes(key.verify_key)).decode("ascii")
+    def disconnect_streams(self, node_id: str) -> int:
+        """End the node's open streams cleanly; returns how many there were."""
+        return self.node(node_id).events.close_streams()
 
+    def close_all_streams(self) -> None:
+        """End every open stream of every node cleanly."""
+        for node in self.nodes.values():
+            node.events.close_streams()
 
-class SigningKeyring:
-    """The control plane's event-signing keys: the current one and, during a
-    transition, the previous one with the time its validity ends.
-    """
+    # --- faults ---------------------------------------------------------------------------
 
-    def __init__(self, seed: bytes | None = None) -> None:
-        self.current = SigningKey(seed) if seed is not None else SigningKey.generate()
-        self.previous: SigningKey | None = None
-        self.transition_expires: datetime | None = None
+    def faults(self, node_id: str = f.ALL_NODES) -> f.Faults:
+        """The live fault settings of a node (``"*"``: of every node); change them freely."""
+        faults = self._faults.get(node_id)
+        if faults is None:
+            faults = self._faults[node_id] = f.Faults()
+        return faults
 
-    def rotate(self, transition: float, seed: bytes | None = None) -> SigningKey:
-        """Make a new current key; the old one stays valid ``transition`` seconds. Returns it."""
-        if transition < 0:
-            raise ValueError("transition must not be negative")
-        old = self.current
-        self.previous = old
-        self.current = SigningKey(seed) if seed is not None else SigningKey.generate()
-        self.transition_expires = datetime.now(UTC) + timedelta(seconds=transition)
-        return old
+    def set_faults(self, node_id: str, **changes: Any) -> f.Faults:
+        """Change some fault fields of a node, validated (``msgspec.ValidationError`` if bad)."""
+        faults = self.faults(node_id)
+        merged = msgspec.convert({**f.faults_to_builtins(faults), **changes}, f.Faults)
+        for name in merged.__struct_fields__:
+            setattr(faults, name, getattr(merged, name))
+        _log.info("faults set", extra={"node_id": node_id, "faults": sorted(changes)})
+        return faults
 
-    def signing_keys(self, now: datetime | None = None) -> t.SigningKeys:
-        """The keys as ``StateResponse.signing_keys`` shows them (an expired previous
-        key is left out)."""
-        now = now or datetime.now(UTC)
-        expires = self.transition_expires
-        if self.previous is None or expires is None or expires <= now:
-            return t.SigningKeys(current=public_key_b64(self.current))
-        return t.SigningKeys(
-            current=public_key_b64(self.current),
-            previous=public_key_b64(self.previous),
-            transition_expires=expires,
-        )
+    def clear_faults(self, node_id: str = f.ALL_NODES) -> f.Faults:
+        """Switch every fault of a node off."""
+        faults = self.faults(node_id)
+        healthy = f.Faults()
+        for name in healthy.__struct_fields__:
+            setattr(faults, name, getattr(healthy, name))
+        return faults
 
-
-def artifact_blob(version: str, os: str, arch: str, size: int) -> bytes:
-    """A deterministic pseudo-binary for an artifact: same arguments, same bytes."""
-    seed = f"plexd/{version}/{os}/{arch}".encode()
-    return hashlib.shake_256(seed).digest(size)
+    def applicable_faults(self, node_id: str | None) -> list[f.Faults]:
+        """The faults that apply to a request for ``node_id``: its own, then every node's."""
+        found = []
+        if node_id is not None and (own := self._faults.get(node_id)) is not None:
+            found.append(own)
+        if (everyone := self._faults.get(f.ALL_NODES)) is not None:
+            found.append(everyone)
+        return found

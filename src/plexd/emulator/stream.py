@@ -1,4 +1,5 @@
-"""A node's event log and the connections streaming it as text/event-stream.
+"""Emulator, data layer (asyncio, no aiohttp): a node's event log and the connections
+streaming it as text/event-stream.
 
 Each event is encoded to its SSE frame once, when published; a stream connection
 keeps a cursor into the log and writes whatever lies past it in batches, so a
@@ -14,8 +15,7 @@ from typing import Any
 
 import msgspec
 
-from plexd.api._types import SignedEnvelope
-from plexd.api._verify import envelope_json
+from plexd.api import SignedEnvelope, envelope_json
 
 from .faults import (
     HEALTHY_STREAM,

@@ -1,4 +1,5 @@
-"""Certificates for the emulator's HTTPS mode: a throwaway CA and a server certificate.
+"""Emulator, server layer: certificates for the HTTPS mode, a throwaway CA and a
+server certificate.
 
 Needs the ``cryptography`` package (imported only when TLS is asked for).
 """
