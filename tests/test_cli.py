@@ -31,8 +31,8 @@ from plexd.api import (
     ServerError,
     StateResponse,
     UnauthorizedError,
+    sign_envelope,
 )
-from plexd.api._verify import sign_envelope
 from plexd.cli.errors import (
     EXIT_AUTH,
     EXIT_CONNECTION,
@@ -354,7 +354,7 @@ async def test_missing_click_or_rich_prints_the_install_hint() -> None:
 
 async def test_importing_plexd_needs_neither_click_nor_rich() -> None:
     result = await run_python(
-        "import sys, plexd.api, plexd.cli, plexd.demo\n"
+        "import sys, plexd.api, plexd.cli, plexd.cli.demo\n"
         "print(sorted({'click', 'rich'} & set(sys.modules)))"
     )
     assert result.returncode == EXIT_OK, result.stderr

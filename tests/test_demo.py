@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from plexd.api import EventType
-from plexd.demo import FAIL, OK, run_demo
+from plexd.cli.demo import FAIL, OK, run_demo
 from plexd.emulator import ALL_NODES, Emulator
 from test_cli import cli_env, run_cli
 

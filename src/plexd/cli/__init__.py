@@ -1,4 +1,5 @@
-"""The ``plexd-api`` command: talk to a control plane, watch its events, run the emulator.
+"""CLI, entry point: the ``plexd-api`` command, to talk to a control plane, watch its
+events, run the emulator.
 
 click and rich (the optional ``cli`` extra) are imported only when the command runs,
 so ``import plexd`` never needs them. Every failure ends as one line on stderr and an

@@ -1,4 +1,5 @@
-"""``plexd-api artifact``: download a plexd binary with a progress bar, SHA-256 checked."""
+"""CLI, command layer: ``plexd-api artifact``, download a plexd binary with a progress
+bar, SHA-256 checked."""
 
 from __future__ import annotations
 

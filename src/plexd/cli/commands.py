@@ -1,45 +1,47 @@
-"""The click commands of ``plexd-api`` (imported only when the command runs)."""
+"""CLI, command layer: the click commands of ``plexd-api`` (imported only when the
+command runs). Each command parses its options, makes its call through
+:mod:`.connection` and prints through :mod:`.output`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import shlex
-import signal
 import socket
-import ssl
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 import nacl.public
 
-from plexd.api import __version__
-from plexd.api._client import ControlPlane
-from plexd.api._config import Config, shown_url
-from plexd.api._transport import build_ssl_context
-from plexd.api._types import HeartbeatRequest, RegisterRequest
-from plexd.api._verify import Ed25519Verifier, EventVerifier, NoOpVerifier
-from plexd.api.errors import ConfigError
+from plexd.api import (
+    ConfigError,
+    Ed25519Verifier,
+    EventVerifier,
+    HeartbeatRequest,
+    NoOpVerifier,
+    RegisterRequest,
+    __version__,
+    shown_url,
+)
 
 from . import PROG
+from .connection import (
+    LOGGER,
+    call_control_plane,
+    connection,
+    connection_options,
+    run_until_interrupted,
+)
 from .errors import EXIT_CODES_HELP
 from .output import OneLineFormatter, StreamEndingFailureFilter, json_document
 
 if TYPE_CHECKING:
     from plexd.emulator import Emulator
-
-F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
-
-# The logger the library and the emulator log under ("plexd.api", "plexd.emulator").
-LOGGER = "plexd"
-_CONNECTION_KEY = "plexd.cli.connection"
 
 EPILOG = f"""\b
 Environment:
@@ -57,117 +59,7 @@ Environment:
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-# --- shared plumbing --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Connection:
-    """Where the control plane is and how to talk to it, from the connection options."""
-
-    base_url: str
-    token: str
-    ca_file: str | None
-    insecure: bool
-    timeout: float
-
-    def client(self, *, sse_idle_timeout: float = 0) -> ControlPlane:
-        """A ControlPlane with these settings and the token set."""
-        config = Config(
-            base_url=self.base_url,
-            tls_insecure_skip_verify=self.insecure,
-            request_timeout=self.timeout,
-            sse_idle_timeout=sse_idle_timeout,
-        )
-        client = ControlPlane(
-            config, __version__, logging.getLogger(LOGGER), ssl_context=self._ssl_context()
-        )
-        client.set_auth_token(self.token)
-        return client
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if self.ca_file is None:
-            return None
-        context = build_ssl_context()
-        try:
-            context.load_verify_locations(cafile=self.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"--ca-file {self.ca_file}: not a usable CA certificate: {exc}"
-            ) from None
-        return context
-
-
-def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    ctx.meta.setdefault(_CONNECTION_KEY, {})[param.name] = value
-    return value
-
-
-def connection_options(*, token: bool = True, token_required: bool = True) -> Callable[[F], F]:
-    """The options of every command that talks to a control plane (see :func:`connection`)."""
-
-    def decorate(f: F) -> F:
-        shared: dict[str, Any] = {"expose_value": False, "callback": _remember}
-        options = [
-            click.option(
-                "--base-url",
-                envvar="PLEXD_BASE_URL",
-                show_envvar=True,
-                required=True,
-                metavar="URL",
-                help="The control plane, e.g. http://127.0.0.1:8080.",
-                **shared,
-            ),
-            click.option(
-                "--token",
-                envvar="PLEXD_TOKEN",
-                show_envvar=True,
-                required=token_required,
-                default="",
-                hidden=not token,
-                metavar="TOKEN",
-                help="The node's bearer token (register prints it once).",
-                **shared,
-            ),
-            click.option(
-                "--ca-file",
-                envvar="PLEXD_CA_FILE",
-                show_envvar=True,
-                type=click.Path(exists=True, dir_okay=False),
-                help="Also trust this CA (PEM), e.g. the one `plexd-api emulator --tls` prints.",
-                **shared,
-            ),
-            click.option(
-                "--insecure",
-                is_flag=True,
-                help="Do not verify the server's TLS certificate (testing only).",
-                **shared,
-            ),
-            click.option(
-                "--timeout",
-                type=click.FloatRange(min=0),
-                default=0,
-                metavar="SECONDS",
-                help="Bound on each request (0: 30 s).",
-                **shared,
-            ),
-        ]
-        for option in reversed(options):
-            f = option(f)
-        return f
-
-    return decorate
-
-
-def connection() -> Connection:
-    """The connection options of the running command."""
-    values = click.get_current_context().meta[_CONNECTION_KEY]
-    return Connection(
-        base_url=values["base_url"],
-        token=values.get("token") or "",
-        ca_file=values.get("ca_file"),
-        insecure=bool(values.get("insecure")),
-        timeout=float(values.get("timeout") or 0),
-    )
+# --- shared options and output ---------------------------------------------------------
 
 
 node_id_option = click.option(
@@ -183,41 +75,6 @@ show_secrets_option = click.option(
     is_flag=True,
     help="Print secret fields (tokens, pre-shared keys, ciphertext) instead of ***.",
 )
-
-
-def run_until_interrupted(coroutine: Coroutine[Any, Any, T]) -> T | None:
-    """Run ``coroutine``; Ctrl-C or SIGTERM cancel it and count as a clean end (None)."""
-    try:
-        return asyncio.run(_interruptible(coroutine))
-    except KeyboardInterrupt:
-        # Where the loop cannot take the signal itself (no add_signal_handler).
-        return None
-
-
-async def _interruptible(coroutine: Coroutine[Any, Any, T]) -> T | None:
-    loop = asyncio.get_running_loop()
-    task = loop.create_task(coroutine)
-    interrupted = False
-
-    def interrupt() -> None:
-        nonlocal interrupted
-        interrupted = True
-        task.cancel()
-
-    installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signum, interrupt)
-            installed.append(signum)
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if interrupted:
-            return None
-        raise
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
 
 
 def _print_json(value: Any, show_secrets: bool = False) -> None:
@@ -323,14 +180,8 @@ def _announce(emulator: Emulator) -> None:
 @connection_options(token_required=False)
 def ping() -> None:
     """Check that the control plane answers (GET /v1/ping)."""
-    conn = connection()
-
-    async def call() -> None:
-        async with conn.client() as client:
-            await client.ping()
-
-    asyncio.run(call())
-    click.echo(f"{shown_url(conn.base_url)} is up")
+    call_control_plane(lambda client: client.ping())
+    click.echo(f"{shown_url(connection().base_url)} is up")
 
 
 @command
@@ -375,13 +226,7 @@ def register(
         hostname=hostname,
         metadata=_parse_metadata(metadata),
     )
-    conn = connection()
-
-    async def call() -> Any:
-        async with conn.client() as client:
-            return await client.register(request)
-
-    response = asyncio.run(call())
+    response = call_control_plane(lambda client: client.register(request))
     _print_json(response, show_secrets)
     click.echo(
         "# the node's settings for the other commands (the token is shown only here):", err=True
@@ -422,13 +267,7 @@ def heartbeat(node_id: str, status: str, uptime: str, binary_checksum: str) -> N
         uptime=uptime,
         binary_checksum=binary_checksum,
     )
-    conn = connection()
-
-    async def call() -> Any:
-        async with conn.client() as client:
-            return await client.heartbeat(node_id, request)
-
-    _print_json(asyncio.run(call()))
+    _print_json(call_control_plane(lambda client: client.heartbeat(node_id, request)))
 
 
 @command
@@ -437,13 +276,7 @@ def heartbeat(node_id: str, status: str, uptime: str, binary_checksum: str) -> N
 @show_secrets_option
 def state(node_id: str, show_secrets: bool) -> None:
     """Fetch the node's desired state; prints it as JSON (peers' psk masked)."""
-    conn = connection()
-
-    async def call() -> Any:
-        async with conn.client() as client:
-            return await client.fetch_state(node_id)
-
-    _print_json(asyncio.run(call()), show_secrets)
+    _print_json(call_control_plane(lambda client: client.fetch_state(node_id)), show_secrets)
 
 
 @command
@@ -453,13 +286,7 @@ def state(node_id: str, show_secrets: bool) -> None:
 @show_secrets_option
 def secret(node_id: str, key: str, show_secrets: bool) -> None:
     """Fetch the secret KEY; prints it as JSON (ciphertext masked)."""
-    conn = connection()
-
-    async def call() -> Any:
-        async with conn.client() as client:
-            return await client.fetch_secret(node_id, key)
-
-    _print_json(asyncio.run(call()), show_secrets)
+    _print_json(call_control_plane(lambda client: client.fetch_secret(node_id, key)), show_secrets)
 
 
 @command
@@ -467,13 +294,7 @@ def secret(node_id: str, key: str, show_secrets: bool) -> None:
 @node_id_option
 def deregister(node_id: str) -> None:
     """Deregister the node: its token stops working."""
-    conn = connection()
-
-    async def call() -> None:
-        async with conn.client() as client:
-            await client.deregister(node_id)
-
-    asyncio.run(call())
+    call_control_plane(lambda client: client.deregister(node_id))
     click.echo(f"node {node_id} deregistered")
 
 
@@ -596,13 +417,9 @@ def artifact(
     from .artifact import download_artifact
 
     target = output or Path(f"plexd-{version}-{os_name}-{arch}")
-    conn = connection()
-
-    async def call() -> Any:
-        async with conn.client() as client:
-            return await download_artifact(client, version, os_name, arch, target, sha256=sha256)
-
-    done = asyncio.run(call())
+    done = call_control_plane(
+        lambda client: download_artifact(client, version, os_name, arch, target, sha256=sha256)
+    )
     click.echo(f"wrote {done.path} ({done.size} bytes, SHA-256 {done.sha256} verified)")
 
 
@@ -615,7 +432,7 @@ def demo() -> int:
     from rich.console import Console
     from rich.text import Text
 
-    from plexd.demo import FAIL, OK, run_demo
+    from .demo import FAIL, OK, run_demo
 
     console = Console(highlight=False, soft_wrap=True)
     styles = {OK: "green", FAIL: "bold red"}

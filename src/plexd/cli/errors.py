@@ -1,8 +1,9 @@
-"""Exit codes of the ``plexd-api`` command, and the one line it prints for a failure."""
+"""CLI, bottom layer: the exit codes of ``plexd-api``, and the one line it prints for a
+failure."""
 
 from __future__ import annotations
 
-from plexd.api.errors import (
+from plexd.api import (
     APIConnectionError,
     ConfigError,
     ForbiddenError,

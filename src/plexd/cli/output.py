@@ -1,4 +1,5 @@
-"""What the data commands print: wire values as JSON, secrets masked, events one per line."""
+"""CLI, bottom layer: what the data commands print: wire values as JSON, secrets masked,
+events one per line."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from typing import Any
 
 import msgspec
 
-from plexd.api._reconnect import FailureAction
-from plexd.api._types import SignedEnvelope, WireStruct
+from plexd.api import FailureAction, SignedEnvelope, WireStruct
 
 # What a secret field shows instead of its value unless --show-secrets.
 MASK = "***"

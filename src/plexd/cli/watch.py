@@ -1,4 +1,5 @@
-"""``plexd-api watch``: the node's events through SSEManager, one JSON line each."""
+"""CLI, command layer: ``plexd-api watch``, the node's events through SSEManager, one
+JSON line each."""
 
 from __future__ import annotations
 
@@ -6,10 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from plexd.api._client import ControlPlane
-from plexd.api._manager import SSEManager
-from plexd.api._types import EventType, SignedEnvelope
-from plexd.api._verify import EventVerifier
+from plexd.api import ControlPlane, EventType, EventVerifier, SignedEnvelope, SSEManager
 
 from .output import event_line
 

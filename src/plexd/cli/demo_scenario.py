@@ -1,14 +1,5 @@
-"""The plexd-api demo: the whole library against an in-process emulator, checked step by step.
-
-``plexd-api demo`` and ``make demo`` run it (``python -m plexd.demo`` too). It starts an
-emulator on an ephemeral 127.0.0.1 port, registers a node, sends a heartbeat, fetches the
-state, streams events of all 12 types through :class:`SSEManager` with an
-:class:`Ed25519Verifier` built from the registration, has the server drop the stream and
-refuse two reconnects while it publishes more events (they must arrive once each after the
-reconnect), rotates the signing key (the verifier follows the ``signing_key_rotated`` event),
-sends one event with a corrupted signature (it must be skipped and logged while the stream
-goes on), and deregisters. Each step prints one ``[ok]`` line or a ``[FAIL]`` line; the
-run stops at the first failure. The output is plain text, readable in a log file.
+"""CLI, demo layer: the demo's scenario, its steps against an emulator and what each
+step expects. :mod:`.demo` runs them and reports.
 """
 
 from __future__ import annotations
@@ -18,26 +9,25 @@ import base64
 import contextlib
 import logging
 import os
-import sys
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from plexd.api import __version__
-from plexd.api._client import ControlPlane
-from plexd.api._config import Config
-from plexd.api._manager import SSEManager
-from plexd.api._types import (
+from plexd.api import (
+    Config,
+    ControlPlane,
+    Ed25519Verifier,
     EventType,
     HeartbeatRequest,
+    PlexdError,
     RegisterRequest,
     RegisterResponse,
     SignedEnvelope,
+    SSEManager,
+    UnauthorizedError,
+    __version__,
 )
-from plexd.api._verify import Ed25519Verifier
-from plexd.api.errors import PlexdError, UnauthorizedError
 from plexd.emulator import Emulator, RecordedCall
 
 T = TypeVar("T")
@@ -52,9 +42,6 @@ RECONNECT_MAX = 0.5
 REFUSED_RECONNECTS = 2
 # Idle timeout of the demo's stream; the emulator's keep-alives are far more frequent.
 IDLE_TIMEOUT = 30.0
-
-OK = "[ok]"
-FAIL = "[FAIL]"
 
 _PEER_KEY = base64.b64encode(bytes(range(32))).decode("ascii")
 _NEW_PEER_KEY = base64.b64encode(bytes(range(32, 64))).decode("ascii")
@@ -135,22 +122,7 @@ async def _within(awaitable: Awaitable[T], what: str) -> T:
         raise DemoFailed(f"timed out after {STEP_TIMEOUT:g} s waiting for {what}") from None
 
 
-class _LogCapture(logging.Handler):
-    """Keeps the library's warnings of the run, to show them under the step that caused them."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def take(self) -> list[str]:
-        records, self.records = self.records, []
-        return [f"{record.levelname.lower()}: {record.getMessage()}" for record in records]
-
-
-class _Scenario:
+class Scenario:
     """The demo's steps; each returns its ``[ok]`` line or raises :class:`DemoFailed`."""
 
     def __init__(self, emulator: Emulator, logger: logging.Logger) -> None:
@@ -447,109 +419,3 @@ class _Scenario:
         settled = set(self._received_ids()) | set(self.rejected_ids)
         lost = [event_id for event_id in self.published_ids if event_id not in settled]
         return lost, self._duplicates()
-
-
-async def run_demo(
-    say: Callable[[str], None] = print, *, emulator: Emulator | None = None
-) -> DemoReport:
-    """Run the scenario, reporting each step through ``say``; never raises for a failed step.
-
-    It runs against ``emulator`` when one is given (started; the caller stops it), else
-    against its own on an ephemeral 127.0.0.1 port. Returns the report;
-    :attr:`DemoReport.passed` tells whether every expectation held.
-    """
-    report = DemoReport()
-
-    def line(text: str) -> None:
-        report.lines.append(text)
-        say(text)
-
-    started = time.monotonic()
-    capture = _LogCapture()
-    logger = logging.getLogger("plexd.demo")
-    logger.addHandler(capture)
-    # The demo shows the library's warnings under the step that caused them, not twice.
-    propagate, logger.propagate = logger.propagate, False
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            if emulator is None:
-                emulator = await stack.enter_async_context(Emulator())
-            line(f"plexd-api demo: control plane emulator on {emulator.url}")
-            scenario = _Scenario(emulator, logger)
-            try:
-                await _run_steps(scenario, line, capture, report)
-            finally:
-                await _clean_up(scenario, line, report)
-            if not report.failure:
-                _check_accounting(scenario, line, report)
-    finally:
-        logger.removeHandler(capture)
-        logger.propagate = propagate
-    report.seconds = time.monotonic() - started
-    line(_summary(report))
-    line("demo passed" if report.passed else f"demo FAILED: {report.failure}")
-    return report
-
-
-async def _run_steps(
-    scenario: _Scenario,
-    line: Callable[[str], None],
-    capture: _LogCapture,
-    report: DemoReport,
-) -> None:
-    for step in scenario.steps():
-        try:
-            outcome = await step()
-        except (DemoFailed, PlexdError) as exc:
-            report.failure = f"{step.__name__.replace('_', ' ')}: {exc}"
-            line(f"{FAIL} {report.failure}")
-        except Exception as exc:  # a bug the smoke test found: report it, do not crash
-            report.failure = f"{step.__name__.replace('_', ' ')}: {type(exc).__name__}: {exc}"
-            line(f"{FAIL} {report.failure}")
-        else:
-            line(f"{OK} {outcome}")
-        for logged in capture.take():
-            line(f"       log {logged}")
-        if report.failure:
-            return
-
-
-async def _clean_up(scenario: _Scenario, line: Callable[[str], None], report: DemoReport) -> None:
-    try:
-        await scenario.aclose()
-    except DemoFailed as exc:
-        if not report.failure:
-            report.failure = f"clean-up: {exc}"
-            line(f"{FAIL} {report.failure}")
-    scenario.fill(report)
-
-
-def _check_accounting(scenario: _Scenario, line: Callable[[str], None], report: DemoReport) -> None:
-    lost, duplicated = scenario.account()
-    if lost or duplicated:
-        report.failure = f"events lost: {lost or 'none'}; delivered twice: {duplicated or 'none'}"
-        line(f"{FAIL} {report.failure}")
-    else:
-        line(
-            f"{OK} every published event was delivered exactly once, "
-            "except the tampered one, which was rejected"
-        )
-
-
-def _summary(report: DemoReport) -> str:
-    return (
-        f"summary: {len(report.event_types)}/{len(EventType)} event types verified; "
-        f"{report.published} events published, {report.delivered} delivered, "
-        f"{report.rejected} rejected; {report.connections} stream connections; "
-        f"{report.seconds:.2f} s"
-    )
-
-
-def main() -> int:
-    """Run the demo with plain output; 0 when every expectation held, 1 otherwise."""
-    report = asyncio.run(run_demo())
-    return 0 if report.passed else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
