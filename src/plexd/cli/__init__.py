@@ -4,6 +4,11 @@ events, run the emulator.
 click and rich (the optional ``cli`` extra) are imported only when the command runs,
 so ``import plexd`` never needs them. Every failure ends as one line on stderr and an
 exit code (see :mod:`plexd.cli.errors`); set ``PLEXD_DEBUG=1`` to get the traceback.
+
+Layers from the bottom: ``errors``, ``output`` and ``connection`` (exit codes, what is
+printed, reaching the control plane) → ``watch``, ``artifact`` and the demo
+(``demo_scenario`` → ``demo``) → ``commands`` (the click group) → this entry point.
+Everything the CLI needs from the library comes from ``plexd.api``'s public names.
 """
 
 from __future__ import annotations
@@ -12,11 +17,18 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, error_line, exit_code_for, one_line
+from .errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    PROG,
+    error_line,
+    exit_code_for,
+    one_line,
+)
 
 __all__ = ["main"]
 
-PROG = "plexd-api"
 _CLI_PACKAGES = frozenset({"click", "rich"})
 
 

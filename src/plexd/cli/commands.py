@@ -29,7 +29,6 @@ from plexd.api import (
     shown_url,
 )
 
-from . import PROG
 from .connection import (
     LOGGER,
     call_control_plane,
@@ -37,7 +36,7 @@ from .connection import (
     connection_options,
     run_until_interrupted,
 )
-from .errors import EXIT_CODES_HELP
+from .errors import EXIT_CODES_HELP, PROG
 from .output import OneLineFormatter, StreamEndingFailureFilter, json_document
 
 if TYPE_CHECKING:

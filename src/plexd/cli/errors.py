@@ -12,6 +12,9 @@ from plexd.api import (
     UnauthorizedError,
 )
 
+# The command's name, as it prefixes every error line and names itself in --help.
+PROG = "plexd-api"
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
