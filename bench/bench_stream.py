@@ -21,16 +21,19 @@ from multiprocessing.connection import Connection
 from aiohttp import web
 from nacl.signing import SigningKey
 
-from plexd.api import Config, ControlPlane, SignedEnvelope, parse_envelope
-from plexd.api._manager import SSEManager
-from plexd.api._sse import SSEParser
-from plexd.api._verify import (
+from plexd.api import (
+    Config,
+    ControlPlane,
     Ed25519Verifier,
     EventVerifier,
     NoOpVerifier,
+    SignedEnvelope,
     envelope_json,
+    parse_envelope,
     sign_envelope,
 )
+from plexd.api._manager import SSEManager
+from plexd.api._sse import SSEParser
 
 SEED = bytes(range(32))
 NODE = "bench-node"

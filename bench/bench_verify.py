@@ -22,8 +22,14 @@ from datetime import UTC, datetime
 import nacl.bindings
 import nacl.signing
 
-from plexd.api._types import SignedEnvelope, parse_envelope
-from plexd.api._verify import Ed25519Verifier, canonical_bytes, envelope_json, sign_envelope
+from plexd.api import (
+    Ed25519Verifier,
+    SignedEnvelope,
+    canonical_bytes,
+    envelope_json,
+    parse_envelope,
+    sign_envelope,
+)
 
 try:  # PyNaCl's cffi module: the lowest level PyNaCl reaches (private, so optional).
     from nacl._sodium import ffi as _ffi

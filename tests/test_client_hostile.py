@@ -25,6 +25,7 @@ from plexd.api import (
     Config,
     ConfigError,
     ControlPlane,
+    Ed25519Verifier,
     EventLoopError,
     PlexdError,
     ResponseError,
@@ -34,13 +35,14 @@ from plexd.api import (
     SSEProtocolError,
     StateResponse,
     decode_raw,
+    envelope_json,
     parse_envelope,
     raw_json,
     set_tls_handshake_limit,
+    sign_envelope,
 )
 from plexd.api._manager import SSEManager
 from plexd.api._transport import TLS_HANDSHAKE_LIMIT
-from plexd.api._verify import Ed25519Verifier, envelope_json, sign_envelope
 from plexd.api.errors import from_response
 
 DEEP = b"[" * 5000

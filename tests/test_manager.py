@@ -13,12 +13,18 @@ import pytest
 from aiohttp import web
 from nacl.signing import SigningKey
 
-from plexd.api import Config, ControlPlane, SignedEnvelope
+from plexd.api import (
+    Config,
+    ControlPlane,
+    Ed25519Verifier,
+    SignedEnvelope,
+    envelope_json,
+    sign_envelope,
+)
 from plexd.api._dispatch import EventDispatcher
 from plexd.api._manager import SSEManager
 from plexd.api._reconnect import ConnectionState
 from plexd.api._stream import SSEStream
-from plexd.api._verify import Ed25519Verifier, envelope_json, sign_envelope
 from plexd.api.errors import (
     ArgumentError,
     ClientClosedError,

@@ -25,10 +25,16 @@ from aiohttp import web
 from nacl.signing import SigningKey
 
 from _virtual_time import DAY, DAYS, HOUR, Model, Outcome, Setup, Trace
-from plexd.api import Config, ControlPlane, SignedEnvelope
+from plexd.api import (
+    Config,
+    ControlPlane,
+    Ed25519Verifier,
+    SignedEnvelope,
+    envelope_json,
+    sign_envelope,
+)
 from plexd.api._manager import SSEManager
 from plexd.api._reconnect import MAX_RETRY_AFTER, ConnectionState
-from plexd.api._verify import Ed25519Verifier, envelope_json, sign_envelope
 from plexd.api.errors import (
     APIConnectionError,
     NotFoundError,

@@ -14,14 +14,16 @@ from typing import Any
 import msgspec
 import pytest
 
-from plexd.api._types import SignedEnvelope, parse_envelope, parse_rfc3339
-from plexd.api._verify import (
+from plexd.api import (
     Ed25519Verifier,
-    _canonical_general,
+    SignedEnvelope,
     canonical_bytes,
     envelope_json,
+    parse_envelope,
     sign_envelope,
 )
+from plexd.api._gotime import parse_rfc3339
+from plexd.api._verify import _canonical_general
 from plexd.api.errors import EnvelopeError, VerificationError
 
 _HERE = Path(__file__).parent

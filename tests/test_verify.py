@@ -17,31 +17,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plexd.api._types import (
-    ZERO_TIME,
+from plexd.api import (
+    Ed25519Verifier,
+    EventVerifier,
     NaiveDatetimeError,
+    NonceStore,
+    NoOpVerifier,
     RegisterResponse,
     SignedEnvelope,
     SigningKeys,
-    _parse_envelope_exact,
-    _scan_json,
-    format_rfc3339nano,
-    parse_envelope,
-    parse_rfc3339,
-)
-from plexd.api._verify import (
-    Ed25519Verifier,
-    EventVerifier,
-    NonceStore,
-    NoOpVerifier,
-    _canonical_fast,
-    _canonical_general,
-    _fast_path_applies,
-    _go_base64,
     canonical_bytes,
     envelope_json,
+    parse_envelope,
     sign_envelope,
 )
+from plexd.api._envelope import _parse_envelope_exact
+from plexd.api._gojson import decode_base64, scan_json
+from plexd.api._gotime import ZERO_TIME, format_rfc3339nano, parse_rfc3339
+from plexd.api._verify import _canonical_fast, _canonical_general, _fast_path_applies
 from plexd.api.errors import ConfigError, EnvelopeError, PlexdError, VerificationError
 
 SEED_OLD = bytes(range(32))
@@ -436,7 +429,7 @@ async def test_non_canonical_s_is_rejected() -> None:
     ],
 )
 def test_base64_is_decoded_as_go_std_encoding_decodes_it(text: str, raw: bytes | None) -> None:
-    assert _go_base64(text) == raw
+    assert decode_base64(text) == raw
 
 
 async def test_signature_with_line_breaks_verifies_as_in_go() -> None:
@@ -1037,7 +1030,7 @@ def test_json_scanner_accepts_what_a_strict_parser_accepts(
     else:
         valid = True
     try:
-        _scan_json(bytes(data))
+        scan_json(bytes(data))
     except ValueError:
         scanned = False
     else:

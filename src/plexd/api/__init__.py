@@ -3,6 +3,7 @@
 from ._client import CHECKSUM_HEADER, ArtifactStream, ControlPlane, EventStreamResponse
 from ._config import Config, shown_url
 from ._dispatch import EventDispatcher, EventHandler
+from ._envelope import SignedEnvelope, parse_envelope
 from ._eventsource import EventSource
 from ._manager import SSEManager
 from ._reconnect import (
@@ -14,11 +15,11 @@ from ._reconnect import (
     ReconnectPolicy,
     classify_error,
 )
+from ._signing import envelope_json, sign_envelope
 from ._sse import SSEComment, SSEEvent, SSEParser
 from ._stream import SSEStream
 from ._transport import TLS_HANDSHAKE_LIMIT, build_ssl_context, set_tls_handshake_limit
 from ._types import (
-    NULL,
     ActionInfo,
     ActionParam,
     AuditEntry,
@@ -51,14 +52,9 @@ from ._types import (
     ReportSyncRequest,
     SecretRef,
     SecretResponse,
-    SignedEnvelope,
     SigningKeys,
     StateResponse,
     TriggeredBy,
-    WireStruct,
-    decode_raw,
-    parse_envelope,
-    raw_json,
 )
 from ._verify import (
     Ed25519Verifier,
@@ -66,9 +62,8 @@ from ._verify import (
     NonceStore,
     NoOpVerifier,
     canonical_bytes,
-    envelope_json,
-    sign_envelope,
 )
+from ._wire import NULL, WireStruct, decode_raw, raw_json
 from .errors import (
     APIConnectionError,
     APIError,

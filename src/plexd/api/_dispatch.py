@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 
-from ._types import SignedEnvelope
+from ._envelope import SignedEnvelope
 
 EventHandler = Callable[[SignedEnvelope], Awaitable[None] | None]
 

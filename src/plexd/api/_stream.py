@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 from ._client import ControlPlane, EventStreamResponse
 from ._dispatch import EventDispatcher
+from ._envelope import SignedEnvelope, parse_envelope
 from ._eventsource import run_connection
 from ._reconnect import StopRequested
 from ._sse import SSEEvent, SSEParser, is_header_safe, shown_id
-from ._types import SignedEnvelope, parse_envelope
 from ._verify import EventVerifier, NoOpVerifier
 from .errors import ArgumentError, EnvelopeError, VerificationError
 

@@ -1,41 +1,32 @@
-"""Verification of signed events (WIRE.md "Signatures"), Go-exact, and the matching signer.
+"""Pure-logic layer: verification of signed events (WIRE.md "Signatures"), Go-exact.
 
-The signed message is rebuilt from the envelope as Go's ``encoding/json`` writes it
-(:func:`canonical_bytes`). Most envelopes arrive exactly as Go writes them, so the
-message is a concatenation of their parts (the fast path); anything else takes the
-general path, which applies Go's escaping and compaction rules.
+It owns the signed message, rebuilt from the envelope as Go's ``encoding/json``
+writes it (:func:`canonical_bytes`), the checks of WIRE.md in their order, and the
+nonces remembered against replays. Most envelopes arrive exactly as Go writes them,
+so the message is a concatenation of their parts (the fast path); anything else takes
+the general path, which applies ``_gojson``'s escaping and compaction rules.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import collections
 import logging
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-import msgspec
 import nacl.bindings
 import nacl.exceptions
-import nacl.signing
 
-from ._types import (
-    JSON_ENCODE_ERRORS,
-    ZERO_TIME,
-    EventType,
-    RegisterResponse,
-    SignedEnvelope,
-    SigningKeys,
-    _scan_json,
-    parse_rfc3339,
-)
-from .errors import ConfigError, EnvelopeError, NaiveDatetimeError, VerificationError
+from ._envelope import SignedEnvelope
+from ._gojson import MAY_CHANGE_IN_COMPACTION, NEEDS_ESCAPING, compact, decode_base64, escape_string
+from ._gotime import NANOS_PER_SECOND, ZERO_TIME, ZERO_TIME_NS, epoch_ns, naive_datetime_error
+from ._types import EventType, RegisterResponse, SigningKeys
+from .errors import ConfigError, EnvelopeError, VerificationError
 
 __all__ = [
     "DEFAULT_MAX_NONCES",
@@ -46,8 +37,6 @@ __all__ = [
     "NoOpVerifier",
     "NonceStore",
     "canonical_bytes",
-    "envelope_json",
-    "sign_envelope",
 ]
 
 # WIRE.md: "not older than 5 minutes; not more than 5 minutes in the future".
@@ -61,11 +50,6 @@ NONCE_CLEANUP_INTERVAL = 60.0
 DEFAULT_MAX_NONCES = 100_000
 ED25519_PUBLIC_KEY_SIZE = 32
 ED25519_SIGNATURE_SIZE = 64
-ED25519_SEED_SIZE = 32
-
-_NS = 1_000_000_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_GO_ZERO_TIME_NS = SignedEnvelope(event_type="-", event_id="-", issued_at=ZERO_TIME).issued_at_ns
 
 _log = logging.getLogger("plexd.api")
 
@@ -73,70 +57,13 @@ _log = logging.getLogger("plexd.api")
 # --- the signed message -----------------------------------------------------------------
 
 
-# A field needs Go's escaping when it holds any of these (a lone surrogate is Python's
-# stand-in for bytes that are not UTF-8, which Go reads as U+FFFD).
-_FIELD_NEEDS_ESCAPING = re.compile('[\x00-\x1f"\\\\<>&\u2028\u2029\ud800-\udfff]')
-# Payload bytes that Go's compaction may change: whitespace, <>&, and 0xE2, the lead
-# byte of U+2028/U+2029 (other characters starting with 0xE2 only cost the general path).
-_PAYLOAD_MAY_CHANGE = b"\t\n\r <>&\xe2"
-
-
-def _go_string_table() -> dict[int, str]:
-    # encoding/json (Go 1.22+) with HTML escaping, as json.Marshal does.
-    table: dict[int, str] = {c: f"\\u{c:04x}" for c in range(0x20)}
-    table.update({ord("\b"): "\\b", ord("\f"): "\\f", ord("\n"): "\\n", ord("\r"): "\\r"})
-    table.update({ord("\t"): "\\t", ord('"'): '\\"', ord("\\"): "\\\\"})
-    table.update({ord(c): f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"})
-    table.update({c: "\ufffd" for c in range(0xD800, 0xE000)})
-    return table
-
-
-_GO_STRING_TABLE = _go_string_table()
-
-_JSON_SPACE = b" \t\n\r"
-# A stretch of JSON without whitespace between tokens (strings are taken whole, so the
-# whitespace inside them stays): joining all of them compacts the text.
-_PAYLOAD_WITHOUT_SPACE = re.compile(rb'(?:[^ \t\n\r"]++|"(?:[^"\\]++|\\.)*+")++', re.DOTALL)
-_PAYLOAD_HTML_LEAD = b"<>&\xe2"
-_PAYLOAD_HTML = re.compile(rb"[<>&]|\xe2\x80[\xa8\xa9]")
-_PAYLOAD_HTML_ESCAPES = {
-    b"<": b"\\u003c",
-    b">": b"\\u003e",
-    b"&": b"\\u0026",
-    "\u2028".encode(): b"\\u2028",
-    "\u2029".encode(): b"\\u2029",
-}
-
-
-def _go_string(text: str) -> bytes:
-    """The inside of the JSON string Go's json.Marshal writes for ``text``."""
-    if _FIELD_NEEDS_ESCAPING.search(text) is None:
-        return text.encode()
-    return text.translate(_GO_STRING_TABLE).encode()
-
-
-def _compact_payload(payload: bytes) -> bytes:
-    """Raw JSON compacted as json.Marshal compacts a RawMessage: whitespace between tokens
-    removed, string contents kept byte for byte except <>& U+2028 U+2029, escaped."""
-    # translate() finds out cheaply whether a (much slower) regex pass is needed.
-    if len(payload.translate(None, _JSON_SPACE)) != len(payload):
-        payload = b"".join(_PAYLOAD_WITHOUT_SPACE.findall(payload))
-    if len(payload.translate(None, _PAYLOAD_HTML_LEAD)) != len(payload):
-        payload = _PAYLOAD_HTML.sub(_html_escape, payload)
-    return payload
-
-
-def _html_escape(match: re.Match[bytes]) -> bytes:
-    return _PAYLOAD_HTML_ESCAPES[match.group()]
-
-
 def _fast_path_applies(envelope: SignedEnvelope) -> bool:
     """Whether the envelope's parts are already exactly what Go writes."""
-    search = _FIELD_NEEDS_ESCAPING.search
+    search = NEEDS_ESCAPING.search
     if search(envelope.event_type) or search(envelope.event_id) or search(envelope.nonce):
         return False
     payload = bytes(envelope.payload)
-    return len(payload.translate(None, _PAYLOAD_MAY_CHANGE)) == len(payload)
+    return len(payload.translate(None, MAY_CHANGE_IN_COMPACTION)) == len(payload)
 
 
 def _canonical_fast(envelope: SignedEnvelope) -> bytes:
@@ -151,15 +78,15 @@ def _canonical_general(envelope: SignedEnvelope) -> bytes:
     return b"".join(
         (
             b'{"event_type":"',
-            _go_string(envelope.event_type),
+            escape_string(envelope.event_type),
             b'","event_id":"',
-            _go_string(envelope.event_id),
+            escape_string(envelope.event_id),
             b'","issued_at":"',
             envelope.issued_at_text.encode(),
             b'","nonce":"',
-            _go_string(envelope.nonce),
+            escape_string(envelope.nonce),
             b'","payload":',
-            _compact_payload(bytes(envelope.payload)),
+            compact(bytes(envelope.payload)),
             b"}",
         )
     )
@@ -179,33 +106,10 @@ def canonical_bytes(envelope: SignedEnvelope) -> bytes:
     return _canonical_general(envelope)
 
 
-def envelope_json(envelope: SignedEnvelope) -> bytes:
-    """The envelope as Go's ``json.Marshal`` writes it, signature included: what an SSE
-    ``data:`` line carries."""
-    message = canonical_bytes(envelope)
-    return b"".join((message[:-1], b',"signature":"', _go_string(envelope.signature), b'"}'))
+# --- the signature and the keys ------------------------------------------------------------
 
-
-# --- base64 as Go's encoding/base64 StdEncoding reads it -----------------------------------
-
+# Base64 of 64 bytes with its padding: an Ed25519 signature as Go writes it.
 _BASE64_PLAIN = re.compile(r"[A-Za-z0-9+/]{86}==", re.ASCII)
-_BASE64_STD = re.compile(
-    r"(?:[A-Za-z0-9+/]{4})*+(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?", re.ASCII
-)
-
-
-def _go_base64(text: str) -> bytes | None:
-    """Decode as Go's ``base64.StdEncoding.DecodeString``, or None where Go fails.
-
-    Padding is required, CR and LF are skipped anywhere, anything else outside the
-    alphabet (a space, ``-``, ``_``, data after the padding) is an error. Python's
-    decoder accepts more (``AAAA====``, a missing padding with ``validate=False``).
-    """
-    if "\n" in text or "\r" in text:
-        text = text.replace("\n", "").replace("\r", "")
-    if _BASE64_STD.fullmatch(text) is None:
-        return None
-    return binascii.a2b_base64(text)
 
 
 def _decode_signature(signature: str, event_id: str) -> bytes:
@@ -213,7 +117,7 @@ def _decode_signature(signature: str, event_id: str) -> bytes:
     raw = (
         binascii.a2b_base64(signature)
         if _BASE64_PLAIN.fullmatch(signature)
-        else _go_base64(signature)
+        else decode_base64(signature)
     )
     if raw is None:
         raise VerificationError(f"event {event_id!r}: signature is not valid base64")
@@ -227,7 +131,7 @@ def _decode_signature(signature: str, event_id: str) -> bytes:
 def _public_key(key: bytes | bytearray | memoryview | str, what: str) -> bytes:
     """A 32-byte Ed25519 public key from raw bytes or standard base64 text."""
     if isinstance(key, str):
-        raw = _go_base64(key)
+        raw = decode_base64(key)
         if raw is None:
             raise ConfigError(f"{what}: not valid standard base64")
     elif isinstance(key, bytes | bytearray | memoryview):
@@ -246,13 +150,6 @@ def _ed25519_valid(signed_message: bytes, public_key: bytes) -> bool:
     except nacl.exceptions.BadSignatureError:
         return False
     return True
-
-
-def _datetime_ns(when: datetime, what: str) -> int:
-    if when.tzinfo is None:
-        raise NaiveDatetimeError(f"{what} is a naive datetime; pass a timezone-aware one")
-    delta = when - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * _NS + delta.microseconds * 1000
 
 
 # --- verifiers -----------------------------------------------------------------------------
@@ -305,8 +202,8 @@ class NonceStore:
             raise ConfigError("NonceStore ttl must be positive")
         if max_entries < 1:
             raise ConfigError("NonceStore max_entries must be at least 1")
-        self._ttl_ns = int(ttl * _NS)
-        self._cleanup_ns = int(cleanup_interval * _NS)
+        self._ttl_ns = int(ttl * NANOS_PER_SECOND)
+        self._cleanup_ns = int(cleanup_interval * NANOS_PER_SECOND)
         self.max_entries = max_entries
         self._log = logger or _log
         self._lock = threading.Lock()
@@ -407,7 +304,7 @@ class Ed25519Verifier:
         if not staleness_window > 0:
             raise ConfigError("staleness_window must be a positive number of seconds")
         self.staleness_window = staleness_window
-        self._window_ns = int(staleness_window * _NS)
+        self._window_ns = int(staleness_window * NANOS_PER_SECOND)
         self._clock = clock
         # The clock's last datetime and its nanoseconds, as one object for thread safety.
         self._clock_cache: tuple[datetime | None, int] = (None, 0)
@@ -437,7 +334,9 @@ class Ed25519Verifier:
         previous_raw = _public_key(previous, "previous signing key") if previous else None
         until = 0
         if previous_raw is not None and transition_expires is not None:
-            until = _datetime_ns(transition_expires, "transition_expires")
+            if transition_expires.tzinfo is None:
+                raise naive_datetime_error("transition_expires")
+            until = epoch_ns(transition_expires)
         with self._key_lock:
             self._keys = (current_raw, previous_raw, until)
 
@@ -467,7 +366,9 @@ class Ed25519Verifier:
         now = clock()
         cache = self._clock_cache
         if cache[0] is not now:
-            cache = self._clock_cache = (now, _datetime_ns(now, "the verifier clock's time"))
+            if now.tzinfo is None:
+                raise naive_datetime_error("the verifier clock's time")
+            cache = self._clock_cache = (now, epoch_ns(now))
         return cache[1]
 
     async def verify(self, envelope: SignedEnvelope) -> None:
@@ -521,92 +422,6 @@ def _required_parts(envelope: SignedEnvelope) -> int:
     if not envelope.nonce:
         raise VerificationError(f"event {envelope.event_id!r}: missing nonce")
     issued_ns = envelope.issued_at_ns
-    if issued_ns == _GO_ZERO_TIME_NS:
+    if issued_ns == ZERO_TIME_NS:
         raise VerificationError(f"event {envelope.event_id!r}: missing issued_at")
     return issued_ns
-
-
-# --- signing ---------------------------------------------------------------------------------
-
-_RAW_JSON = (msgspec.Raw, bytes, bytearray, memoryview)
-
-
-def _payload_bytes(payload: Any) -> bytes:
-    if isinstance(payload, _RAW_JSON):
-        raw = bytes(payload)
-        try:
-            _scan_json(raw)
-        except ValueError as exc:
-            raise EnvelopeError(f"payload is not valid JSON: {exc}") from None
-        return _compact_payload(raw)
-    try:
-        # Go sorts map keys; struct fields keep their order.
-        encoded = msgspec.json.encode(payload, order="deterministic")
-    except JSON_ENCODE_ERRORS as exc:
-        raise EnvelopeError(f"payload cannot be encoded as JSON: {exc}") from None
-    return _PAYLOAD_HTML.sub(_html_escape, encoded)
-
-
-def _signing_time(issued_at: datetime | str | None) -> tuple[datetime, int]:
-    if issued_at is None:
-        now_ns = time.time_ns()
-        seconds, nanos = divmod(now_ns, _NS)
-        when = datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanos // 1000)
-        return when, nanos
-    if isinstance(issued_at, str):
-        try:
-            return parse_rfc3339(issued_at)
-        except ValueError as exc:
-            raise EnvelopeError(f"bad issued_at: {exc}") from None
-    if issued_at.tzinfo is None:
-        raise NaiveDatetimeError("issued_at is a naive datetime; pass a timezone-aware one")
-    return issued_at, issued_at.microsecond * 1000
-
-
-def sign_envelope(
-    private_key: bytes | nacl.signing.SigningKey,
-    event_type: str,
-    event_id: str,
-    payload: Any,
-    *,
-    issued_at: datetime | str | None = None,
-    nonce: str | None = None,
-) -> SignedEnvelope:
-    """Sign an event exactly as a Go control plane does.
-
-    ``private_key`` is a 32-byte Ed25519 seed or a ``nacl.signing.SigningKey``.
-    ``payload`` is raw JSON as ``msgspec.Raw`` or bytes (compacted Go's way; invalid
-    JSON raises :class:`EnvelopeError`), or any other value, encoded by msgspec
-    with map keys sorted and ``<>&`` U+2028 U+2029 escaped, as Go does.
-    ``issued_at`` defaults to now (UTC, nanoseconds); an aware datetime or RFC 3339
-    text (its nanoseconds and offset kept) is accepted. ``nonce`` defaults to 16 random
-    bytes in hex. A string that holds a lone surrogate is signed with U+FFFD in its
-    place, as a Go verifier reads it.
-    """
-    if isinstance(private_key, nacl.signing.SigningKey):
-        signing_key = private_key
-    elif isinstance(private_key, bytes | bytearray) and len(private_key) == ED25519_SEED_SIZE:
-        signing_key = nacl.signing.SigningKey(bytes(private_key))
-    else:
-        raise ConfigError("private_key must be a 32-byte Ed25519 seed or a nacl SigningKey")
-    when, nanos = _signing_time(issued_at)
-    envelope = SignedEnvelope(
-        event_type=_valid_text(event_type),
-        event_id=_valid_text(event_id),
-        issued_at=when,
-        issued_at_nanos=nanos,
-        nonce=_valid_text(secrets.token_hex(16) if nonce is None else nonce),
-        payload=_payload_bytes(payload),
-    )
-    signature = signing_key.sign(canonical_bytes(envelope)).signature
-    envelope.signature = base64.b64encode(signature).decode("ascii")
-    return envelope
-
-
-_SURROGATES_TO_REPLACEMENT = {c: "\ufffd" for c in range(0xD800, 0xE000)}
-
-
-def _valid_text(text: str) -> str:
-    if _FIELD_NEEDS_ESCAPING.search(text) is None:
-        return text
-    return text.translate(_SURROGATES_TO_REPLACEMENT)
