@@ -317,3 +317,9 @@ def test_report_entry_payload_round_trips_byte_for_byte(payload: object, version
     assert bytes(decoded.payload) == bytes(raw)
     assert api.decode_raw(decoded.payload) == payload
 
+
+def test_report_entry_is_a_data_entry_under_its_own_name() -> None:
+    # WIRE.md gives both the same fields: one declaration, two names in reprs and errors.
+    assert issubclass(api.ReportEntry, api.DataEntry)
+    assert api.ReportEntry.__struct_fields__ == api.DataEntry.__struct_fields__
+    assert repr(api.ReportEntry(key="k")).startswith("ReportEntry(key='k',")

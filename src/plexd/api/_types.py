@@ -232,14 +232,9 @@ class DriftReport(WireStruct):
     corrections: GoList[DriftCorrection] = always_list()
 
 
-class ReportEntry(WireStruct):
-    """A report the node syncs; ``payload`` is raw JSON."""
-
-    key: str = always_str()
-    content_type: str = always_str()
-    payload: msgspec.Raw = always_raw()
-    version: int = always_int()
-    updated_at: Time = always_time()
+class ReportEntry(DataEntry):
+    """A report the node syncs; ``payload`` is raw JSON. The shape of :class:`DataEntry`
+    (WIRE.md gives both the same fields), under its own name in reprs and errors."""
 
 
 class ReportSyncRequest(WireStruct):
