@@ -179,6 +179,24 @@ async def serve_chunks(
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}", last_event_ids
 
 
+class RetryLog:
+    """Stands where a reconnect engine would (AttemptHooks): keeps every ``retry:``."""
+
+    stopped = False
+
+    def __init__(self, retries: list[int]) -> None:
+        self.retries = retries
+
+    def connected(self) -> None:
+        pass
+
+    def event_delivered(self) -> None:
+        pass
+
+    def server_retry(self, milliseconds: int) -> None:
+        self.retries.append(milliseconds)
+
+
 @dataclass
 class StreamRun:
     handled: list[str]
@@ -206,7 +224,7 @@ async def through_sse_stream(chunks: Sequence[bytes]) -> StreamRun:
                 HANG_GUARD,
                 quiet,
                 max_event_size=MAX_EVENT_SIZE,
-                on_retry=retries.append,
+                engine=RetryLog(retries),
             )
             await asyncio.wait_for(stream.connect(NODE), HANG_GUARD)
     finally:

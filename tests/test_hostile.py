@@ -30,13 +30,13 @@ from plexd.api import (
     Config,
     ControlPlane,
     EventSource,
+    FailureAction,
     HeartbeatRequest,
     PlexdError,
     RegisterRequest,
     SSEManager,
     classify_error,
 )
-from plexd.api._reconnect import FailureAction
 
 TOKEN = "tok-HOSTILE-s3cret"
 # The client's timeouts; a stalling answer outlasts all of them.

@@ -14,7 +14,7 @@ import pytest
 
 from _servers import client_for, raw_response_server
 from plexd.api import APIConnectionError, PlexdError
-from plexd.api._client import TRANSPORT_ERRORS, map_transport_error
+from plexd.api._http import TRANSPORT_ERRORS, map_transport_error
 
 TOKEN = "tok-5ecret-a1b2c3d4"
 PASSWORD = "pw-5ecret-e5f6"

@@ -1,19 +1,19 @@
 """plexd-api: the asyncio client a Plexsphere node uses to talk to its control plane."""
 
-from ._client import CHECKSUM_HEADER, ArtifactStream, ControlPlane, EventStreamResponse
+from ._classify import FailureAction, classify_error
+from ._client import CHECKSUM_HEADER, ControlPlane
 from ._config import Config, shown_url
 from ._dispatch import EventDispatcher, EventHandler
 from ._envelope import SignedEnvelope, parse_envelope
 from ._eventsource import EventSource
+from ._http import ArtifactStream, EventStreamResponse
 from ._manager import SSEManager
 from ._reconnect import (
     MAX_RETRY_AFTER,
     MIN_SERVER_RETRY,
     ConnectionState,
-    FailureAction,
     ReconnectEngine,
     ReconnectPolicy,
-    classify_error,
 )
 from ._signing import envelope_json, sign_envelope
 from ._sse import SSEComment, SSEEvent, SSEParser

@@ -1,4 +1,8 @@
-"""ControlPlane: the request pipeline and one method per endpoint of WIRE.md."""
+"""Facade layer: :class:`ControlPlane`, the client of the control plane: its session,
+the JSON request pipeline (:meth:`ControlPlane._call` / :meth:`ControlPlane._send`)
+and one method per endpoint of WIRE.md. Response reading and error mapping are
+``_http``'s; the paths are ``_paths``'.
+"""
 
 from __future__ import annotations
 
@@ -8,45 +12,43 @@ import dataclasses
 import functools
 import gzip
 import logging
-import re
 import ssl
 import threading
-import zlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, TypeVar
-from urllib.parse import quote
+from typing import Any, Final, TypeVar, overload
 
 import aiohttp
 import msgspec
 from yarl import URL
 
 from . import _types as t
+from ._checks import check_client_arguments, is_header_value
 from ._config import Config
-from ._transport import (
-    LeanConnector,
-    release_tls_write_buffer,
-    scrub_transport_error,
-    shared_ssl_context,
+from ._http import (
+    EVENT_STREAM,
+    TRANSPORT_ERRORS,
+    ArtifactStream,
+    EventStreamResponse,
+    StreamingResponse,
+    map_transport_error,
+    raise_for_status,
+    read_capped_body,
 )
+from ._paths import artifact_path, execution_path, node_path, path_segment
+from ._session import LoopBoundSession
+from ._transport import LeanConnector, shared_ssl_context
 from .errors import (
-    MAX_ERROR_BODY,
-    APIConnectionError,
-    APITimeoutError,
     ArgumentError,
     ArgumentTypeError,
-    ClientClosedError,
     ConfigError,
-    EventLoopError,
     PlexdError,
     ResponseError,
-    SSEIdleTimeoutError,
-    SSEProtocolError,
-    from_response,
     printable,
 )
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # WIRE.md, the artifact download: the SHA-256 of the body, hex, when the server knows it.
 CHECKSUM_HEADER = "X-Checksum-SHA256"
@@ -54,336 +56,11 @@ CHECKSUM_HEADER = "X-Checksum-SHA256"
 GZIP_THRESHOLD = 1024
 # API.md: "A JSON response body, gzip or not, is never read past 10 MiB (decompressed)".
 MAX_RESPONSE_SIZE = 10 * 1024 * 1024
-# Largest piece of decompressed output produced at once, so a gzip bomb never
-# expands in memory by more than this before the cap is checked.
-_INFLATE_STEP = 256 * 1024
-_READ_SIZE = 64 * 1024
 
 _JSON = "application/json"
-_EVENT_STREAM = "text/event-stream"
-_GZIP_CODINGS = frozenset({"gzip", "x-gzip"})
-_IDENTITY_CODINGS = frozenset({"identity", ""})
-
-_DEFLATE_CODINGS = frozenset({"deflate"})
-# zlib window bits: a gzip member, a zlib-wrapped deflate stream, raw deflate.
-_GZIP_WBITS, _ZLIB_WBITS, _RAW_DEFLATE_WBITS = 31, 15, -15
-
 _NO_BODY: Final = object()
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _CONTENT_TYPE = ("Content-Type",)
-# What aiohttp refuses to write in a header value (RFC 9110 5.5): C0 controls but TAB, DEL.
-_NOT_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-def is_header_value(value: str) -> bool:
-    """Whether ``value`` can be sent as an HTTP header value."""
-    return _NOT_IN_HEADER.search(value) is None
-
-
-def path_segment(value: str, name: str) -> str:
-    """Percent-encode ``value`` as exactly one path segment (``/``, ``?``, ``#``, ``%``, ``..``).
-
-    Raises :class:`ArgumentError` for an empty value or one that is not a str.
-    """
-    if not isinstance(value, str):
-        raise ArgumentTypeError(f"{name} must be a str, got {type(value).__name__}")
-    if not value:
-        raise ArgumentError(f"{name} must not be empty")
-    encoded = quote(value, safe="")
-    if encoded in (".", ".."):
-        # Dot segments are unreserved, yet a URL resolver would treat them as
-        # "this/parent directory": encode them so they stay names.
-        encoded = encoded.replace(".", "%2E")
-    return encoded
-
-
-@functools.lru_cache(maxsize=256)
-def _node_path(node_id: str) -> str:
-    # A node makes every call with the same id: encode it once.
-    return "/v1/nodes/" + path_segment(node_id, "node_id")
-
-
-def map_transport_error(exc: BaseException, what: str) -> PlexdError:
-    """The PlexdError for a transport exception (the caller raises it ``from exc``).
-
-    ``exc`` (and what is chained to it) is scrubbed in place first: no token and no URL
-    password stays in its repr, str or traceback.
-    """
-    scrub_transport_error(exc)
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return APITimeoutError(f"{what}: timed out connecting")
-    if isinstance(exc, TimeoutError):
-        return APITimeoutError(f"{what}: timed out")
-    # aiohttp's message may quote what the server sent (a bad status line, a header).
-    detail = printable(str(exc)) or type(exc).__name__
-    return APIConnectionError(f"{what}: {detail}")
-
-
-TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, EOFError)
-
-
-def _content_encoding(response: aiohttp.ClientResponse) -> str:
-    return response.headers.get("Content-Encoding", "").strip().lower()
-
-
-class _GzipDecoder:
-    """Decodes a gzip body (every member, as Go's gzip reader does), never holding
-    more than ``limit`` decoded bytes: a gzip bomb stops at the cap."""
-
-    def __init__(self, limit: int, what: str) -> None:
-        self._limit = limit
-        self._what = what
-        self._inflater = zlib.decompressobj(wbits=31)
-        self._out = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        while data:
-            self._inflate(data)
-            data = self._inflater.unconsumed_tail
-            if self._inflater.eof and self._inflater.unused_data:
-                # The next gzip member starts right after this one.
-                data = self._inflater.unused_data
-                self._inflater = zlib.decompressobj(wbits=31)
-
-    def result(self) -> bytes:
-        if not self._inflater.eof:
-            raise ResponseError(
-                f"{self._what}: the gzip response body is truncated (the connection ended early)"
-            )
-        return bytes(self._out)
-
-    def _inflate(self, data: bytes) -> None:
-        try:
-            piece = self._inflater.decompress(data, _INFLATE_STEP)
-        except zlib.error as exc:
-            raise ResponseError(
-                f"{self._what}: the response says Content-Encoding: gzip but its body "
-                f"is not valid gzip ({exc})"
-            ) from None
-        _check_size(len(self._out) + len(piece), self._limit, self._what)
-        self._out += piece
-
-
-def _check_size(size: int, limit: int, what: str) -> None:
-    if size > limit:
-        raise ResponseError(f"{what}: response body larger than {limit} bytes; not read further")
-
-
-async def read_capped_body(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
-    """A response body, gzip-decoded if need be, never read or inflated past ``limit`` bytes."""
-    encoding = _content_encoding(response)
-    if encoding in _IDENTITY_CODINGS:
-        length = response.content_length
-        if length is not None:
-            _check_size(length, limit, what)
-            return await response.read()
-        decoder = None
-    elif encoding in _GZIP_CODINGS:
-        decoder = _GzipDecoder(limit, what)
-    else:
-        raise ResponseError(
-            f"{what}: unsupported Content-Encoding {encoding!r} (only gzip was accepted)"
-        )
-    out = bytearray()
-    while chunk := await response.content.read(_READ_SIZE):
-        if decoder is not None:
-            decoder.feed(chunk)
-        else:
-            out += chunk
-            _check_size(len(out), limit, what)
-    return decoder.result() if decoder is not None else bytes(out)
-
-
-async def raise_for_status(response: aiohttp.ClientResponse, method: str, path: str) -> None:
-    """Raise the :class:`APIError` of a non-2xx response (its body read only 4096 bytes far)."""
-    if 200 <= response.status < 300:
-        return
-    body = await read_error_body(response)
-    raise from_response(response.status, response.headers, body, method=method, path=path)
-
-
-async def read_error_body(response: aiohttp.ClientResponse) -> bytes:
-    """At most MAX_ERROR_BODY bytes of an error body: never more from the socket."""
-    raw = bytearray()
-    with contextlib.suppress(*TRANSPORT_ERRORS):
-        while len(raw) < MAX_ERROR_BODY:
-            chunk = await response.content.read(MAX_ERROR_BODY - len(raw))
-            if not chunk:
-                break
-            raw += chunk
-    if _content_encoding(response) in _GZIP_CODINGS:
-        try:
-            return zlib.decompressobj(wbits=31).decompress(bytes(raw), MAX_ERROR_BODY)
-        except zlib.error:
-            pass
-    return bytes(raw)
-
-
-class StreamingResponse:
-    """An open streaming response; leaving its ``async with`` block closes the connection."""
-
-    def __init__(
-        self, response: aiohttp.ClientResponse, what: str, read_timeout: float | None
-    ) -> None:
-        release_tls_write_buffer(response)
-        self._response = response
-        self._what = what
-        self._read_timeout = read_timeout
-        self.status: int = response.status
-        self.headers: Mapping[str, str] = response.headers
-
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, in chunks of whatever size the socket delivers."""
-        while chunk := await self._next_chunk(self._read_timeout):
-            yield chunk
-
-    async def _next_chunk(self, wait_at_most: float | None) -> bytes:
-        # The one read of every stream: b"" at the end, PlexdErrors for the rest.
-        content = self._response.content
-        try:
-            if wait_at_most is None:
-                return await content.readany()
-            async with asyncio.timeout(wait_at_most):
-                return await content.readany()
-        except TRANSPORT_ERRORS as exc:
-            raise map_transport_error(exc, self._what) from exc
-
-
-class _StreamInflater:
-    """Incremental gzip or deflate decoding of a stream, at most ``_INFLATE_STEP`` bytes
-    out per call however much the input expands (a gzip bomb costs no memory).
-
-    gzip: every member, one after the other. deflate: zlib-wrapped or raw, told apart
-    by the first two bytes, as browsers do.
-    """
-
-    def __init__(self, coding: str, what: str) -> None:
-        self._gzip = coding in _GZIP_CODINGS
-        self._what = what
-        self._inflater = zlib.decompressobj(wbits=_GZIP_WBITS) if self._gzip else None
-        self._input = b""
-
-    def feed(self, data: bytes) -> None:
-        """Take the next bytes received."""
-        self._input += data
-
-    def next_piece(self) -> bytes:
-        """Decoded bytes from the input so far (b"" when more input is needed)."""
-        while self._input:
-            inflater = self._current_inflater()
-            if inflater is None:
-                return b""
-            try:
-                piece = inflater.decompress(self._input, _INFLATE_STEP)
-            except zlib.error as exc:
-                raise SSEProtocolError(
-                    f"{self._what}: undecodable {self._coding} data ({exc})"
-                ) from None
-            self._input = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
-            if piece:
-                return piece
-        return b""
-
-    @property
-    def _coding(self) -> str:
-        return "gzip" if self._gzip else "deflate"
-
-    def _current_inflater(self) -> zlib._Decompress | None:
-        if self._inflater is None:
-            if len(self._input) < 2:
-                return None  # deflate: the wrapping shows in the first two bytes
-            self._inflater = zlib.decompressobj(wbits=_deflate_wbits(self._input))
-        elif self._inflater.eof:
-            if not self._gzip:
-                raise SSEProtocolError(f"{self._what}: data after the end of the deflate stream")
-            # The next gzip member starts right after this one.
-            self._inflater = zlib.decompressobj(wbits=_GZIP_WBITS)
-        return self._inflater
-
-
-def _deflate_wbits(head: bytes) -> int:
-    # RFC 1950: CM = 8 (deflate), CINFO <= 7, and the 16-bit header a multiple of 31.
-    cmf, flg = head[0], head[1]
-    is_zlib = cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf << 8 | flg) % 31 == 0
-    return _ZLIB_WBITS if is_zlib else _RAW_DEFLATE_WBITS
-
-
-def _stream_inflater(response: aiohttp.ClientResponse, what: str) -> _StreamInflater | None:
-    coding = _content_encoding(response)
-    if coding in _IDENTITY_CODINGS:
-        return None
-    if coding in _GZIP_CODINGS or coding in _DEFLATE_CODINGS:
-        return _StreamInflater(coding, what)
-    raise SSEProtocolError(
-        f"{what}: the event stream has an unsupported Content-Encoding {coding[:64]!r}"
-    )
-
-
-class EventStreamResponse(StreamingResponse):
-    """The response of ``connect_sse``: a ``text/event-stream`` body read chunk by chunk.
-
-    ``read_timeout`` is the idle timeout of :meth:`iter_chunks`. With ``decode_content``
-    a gzip- or deflate-encoded stream (a proxy may encode it despite
-    ``Accept-Encoding: identity``) is decoded as it arrives; any other
-    Content-Encoding raises :class:`SSEProtocolError`.
-    """
-
-    def __init__(
-        self,
-        response: aiohttp.ClientResponse,
-        what: str,
-        read_timeout: float | None,
-        *,
-        decode_content: bool = False,
-    ) -> None:
-        super().__init__(response, what, read_timeout)
-        self._inflater = _stream_inflater(response, what) if decode_content else None
-
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        """The (decoded) body as it arrives; :class:`SSEIdleTimeoutError` when nothing
-        arrives for ``read_timeout`` seconds."""
-        while chunk := await self.read_chunk(self._read_timeout):
-            yield chunk
-
-    async def read_chunk(self, idle_timeout: float | None) -> bytes:
-        """The next bytes as they arrive (``b""`` at the end of the stream).
-
-        Raises :class:`SSEIdleTimeoutError` when nothing arrives for ``idle_timeout``
-        seconds (None waits forever), :class:`APIConnectionError` when the connection breaks,
-        :class:`SSEProtocolError` when an encoded stream does not decode.
-        """
-        try:
-            if self._inflater is None:
-                return await self._next_chunk(idle_timeout)
-            return await self._next_decoded(self._inflater, idle_timeout)
-        except APITimeoutError:
-            raise SSEIdleTimeoutError(
-                f"{self._what}: no bytes for {idle_timeout:g} s (idle timeout)"
-            ) from None
-
-    async def _next_decoded(self, inflater: _StreamInflater, idle_timeout: float | None) -> bytes:
-        # Input already received is decoded before the socket is read again; a truncated
-        # stream just ends (the parser drops a partial event, as for any disconnect).
-        while not (piece := inflater.next_piece()):
-            data = await self._next_chunk(idle_timeout)
-            if not data:
-                return b""
-            inflater.feed(data)
-        return piece
-
-    def abort(self) -> None:
-        """Close the connection now; a pending :meth:`read_chunk` raises APIConnectionError."""
-        self._response.close()
-
-
-class ArtifactStream(StreamingResponse):
-    """The response of ``fetch_artifact``; ``content_length`` is None when the server gave none."""
-
-    def __init__(
-        self, response: aiohttp.ClientResponse, what: str, read_timeout: float | None
-    ) -> None:
-        super().__init__(response, what, read_timeout)
-        self.content_length: int | None = response.content_length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,7 +92,7 @@ class ControlPlane:
         *,
         ssl_context: ssl.SSLContext | None = None,
     ):
-        _check_arguments(config, version, ssl_context)
+        check_client_arguments(config, version, ssl_context)
         config = dataclasses.replace(config)
         config.apply_defaults()
         config.validate()
@@ -423,20 +100,17 @@ class ControlPlane:
         self._log = logger or logging.getLogger("plexd.api")
         self._base = str(URL(config.base_url.rstrip("/")))
         self._user_agent = f"plexd/{version}"
-        # The loop of the first call: the session and its connections belong to it.
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._token_lock = threading.Lock()
         self._token = ""
         self._json_headers = self._build_json_headers(self._token)
         self._ssl = ssl_context or shared_ssl_context(config.tls_insecure_skip_verify)
-        self._session: aiohttp.ClientSession | None = None
+        self._session = LoopBoundSession(self._new_session, "ControlPlane")
         # aiohttp's total timeout bounds a JSON call, body read included; a stream has
         # none (its reader bounds it) and request_timeout bounds only its head.
         self._call_timeout = aiohttp.ClientTimeout(
             total=config.request_timeout, sock_connect=config.connect_timeout
         )
         self._stream_timeout = aiohttp.ClientTimeout(sock_connect=config.connect_timeout)
-        self._closed = False
         self._encoder = msgspec.json.Encoder()
         self._decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
         if self._ssl.verify_mode == ssl.CERT_NONE:
@@ -475,19 +149,7 @@ class ControlPlane:
         closed there. A client's loop that is open but not running cannot be reached:
         :class:`EventLoopError`.
         """
-        session, owner = self._session, self._loop
-        if session is not None and _unreachable(owner):
-            raise self._foreign_loop_error()
-        self._closed = True
-        self._session = None
-        if session is None:
-            return
-        if owner is None or owner is _running_loop():
-            await session.close()
-        elif owner.is_running():
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(session.close(), owner))
-        else:
-            await _release_orphaned(session)
+        await self._session.aclose()
 
     def set_auth_token(self, token: str) -> None:
         """Set the bearer token of later requests (thread-safe; "" sends none).
@@ -508,38 +170,15 @@ class ControlPlane:
             self._token = token
             self._json_headers = headers
 
-    async def _get_session(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise ClientClosedError("ControlPlane is closed")
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop and self._loop is not None:
-            await self._leave_foreign_loop()
-        self._loop = loop
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=LeanConnector(ssl=self._ssl),
-                timeout=self._call_timeout,
-                auto_decompress=False,
-                trust_env=False,
-                # The control plane authenticates by token; cookies would only be state
-                # that leaks between calls (and memory, for thousands of clients).
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
-
-    async def _leave_foreign_loop(self) -> None:
-        # Used from a second loop. When the first one is closed (an earlier asyncio.run()),
-        # its connections are dead: release them now rather than warn at exit.
-        session, owner = self._session, self._loop
-        if session is not None and owner is not None and owner.is_closed():
-            self._session = None
-            await _release_orphaned(session)
-        raise self._foreign_loop_error()
-
-    def _foreign_loop_error(self) -> EventLoopError:
-        return EventLoopError(
-            "this ControlPlane belongs to the event loop it was first used on; "
-            "make one client per event loop (per asyncio.run())"
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=LeanConnector(ssl=self._ssl),
+            timeout=self._call_timeout,
+            auto_decompress=False,
+            trust_env=False,
+            # The control plane authenticates by token; cookies would only be state
+            # that leaks between calls (and memory, for thousands of clients).
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     def _headers(self, accept: str, token: str | None = None) -> dict[str, str]:
@@ -556,7 +195,24 @@ class ControlPlane:
         return _JSONHeaders(no_body, body, {**body, "Content-Encoding": "gzip"})
 
     def _url(self, path: str) -> URL:
+        # Every path comes percent-encoded (``_paths``, :meth:`_caller_path`): yarl takes
+        # it as is, so an encoded "%2E%2E" segment stays a name.
         return URL(self._base + path, encoded=True)
+
+    def _caller_path(self, path: str) -> str:
+        # A path given to get_json/post_json: checked, then encoded and normalised as
+        # yarl does it for the whole URL, and taken back relative to the base URL.
+        if not isinstance(path, str):
+            raise ArgumentTypeError(f"path must be a str, got {type(path).__name__}")
+        if not is_header_value(path):
+            raise ArgumentError(f"path {path!r}: holds a control character")
+        try:
+            url = str(URL(self._base + "/" + path.lstrip("/")))
+        except ValueError as exc:
+            raise ArgumentError(f"path {path!r}: {exc}") from None
+        if not url.startswith(self._base):
+            raise ArgumentError(f"path {path!r}: leads out of the base URL")
+        return url[len(self._base) :]
 
     def _decoder(self, result_type: Any) -> msgspec.json.Decoder[Any]:
         decoder = self._decoders.get(result_type)
@@ -566,18 +222,23 @@ class ControlPlane:
 
     # --- the request pipeline --------------------------------------------
 
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        body: Any = _NO_BODY,
-        result_type: Any = None,
-        *,
-        want_result: bool = True,
-        url: URL | None = None,
-    ) -> Any:
-        """Send one JSON call and decode its answer; every endpoint goes through here."""
-        call = f"{method} {path}"
+    @overload
+    async def _call(self, method: str, path: str, body: Any, result_type: type[T]) -> T: ...
+    @overload
+    async def _call(self, method: str, path: str, body: Any, result_type: None) -> Any: ...
+
+    async def _call(self, method: str, path: str, body: Any, result_type: Any) -> Any:
+        """Send one JSON call and decode its answer into ``result_type`` (None: any
+        JSON value, None for an empty body)."""
+        raw, content_type = await self._request(method, path, body, _read_json)
+        return self._decode(raw, result_type, method, path, content_type)
+
+    async def _send(self, method: str, path: str, body: Any = _NO_BODY) -> None:
+        """Send one JSON call whose answer is any 2xx; its body is not read."""
+        await self._request(method, path, body, _skip_body)
+
+    async def _request(self, method: str, path: str, body: Any, read: _BodyReader[R]) -> R:
+        # Every call goes through here: encoding, gzip, headers, status, transport errors.
         json_headers = self._json_headers
         data = None
         skip_auto_headers = None
@@ -588,59 +249,63 @@ class ControlPlane:
                 # here: a skip list puts aiohttp on a slower path for every request.
                 skip_auto_headers = _CONTENT_TYPE
         else:
-            data = self._encode(body, call)
+            data = self._encode(body, method, path)
             headers = json_headers.body
             if len(data) > GZIP_THRESHOLD:
                 data = gzip.compress(data, compresslevel=6)
                 headers = json_headers.gzip_body
-        session = await self._get_session()
+        session = await self._session.get()
         try:
             async with session.request(
                 method,
-                url or self._url(path),
+                self._url(path),
                 data=data,
                 headers=headers,
                 skip_auto_headers=skip_auto_headers,
                 allow_redirects=False,
             ) as response:
                 await raise_for_status(response, method, path)
-                if not want_result:
-                    return None
-                raw = await read_capped_body(response, MAX_RESPONSE_SIZE, call)
-                content_type = response.headers.get("Content-Type", "")
+                return await read(response, f"{method} {path}")
         except TRANSPORT_ERRORS as exc:
-            raise map_transport_error(exc, call) from exc
+            raise map_transport_error(exc, f"{method} {path}") from exc
         except PlexdError:
             raise
         except ValueError as exc:
             # aiohttp refusing what it was given (a URL, a header value): our checks
             # should have caught it first.
-            raise ArgumentError(f"{call}: cannot send the request: {exc}") from None
-        return self._decode(raw, result_type, call, content_type)
+            raise ArgumentError(f"{method} {path}: cannot send the request: {exc}") from None
 
-    def _encode(self, body: Any, call: str) -> bytes:
+    def _encode(self, body: Any, method: str, path: str) -> bytes:
         try:
             t.check_times(body)
             return self._encoder.encode(body)
         except RecursionError:
-            raise ArgumentError(f"{call}: cannot encode request body: nested too deep") from None
+            raise ArgumentError(
+                f"{method} {path}: cannot encode request body: nested too deep"
+            ) from None
         except t.JSON_ENCODE_ERRORS as exc:
-            raise ArgumentError(f"{call}: cannot encode request body: {exc}") from None
+            raise ArgumentError(f"{method} {path}: cannot encode request body: {exc}") from None
 
-    def _decode(self, raw: bytes, result_type: Any, call: str, content_type: str) -> Any:
+    def _decode(
+        self, raw: bytes, result_type: Any, method: str, path: str, content_type: str
+    ) -> Any:
         name = getattr(result_type, "__name__", "value")
         if not raw.strip():
             if result_type is None:
                 return None
-            raise ResponseError(f"{call}: empty response body, expected a JSON {name}")
+            raise ResponseError(f"{method} {path}: empty response body, expected a JSON {name}")
         try:
             return self._decoder(Any if result_type is None else result_type).decode(raw)
         except msgspec.ValidationError as exc:
             detail = printable(str(exc))
-            raise ResponseError(f"{call}: response is not a valid {name}: {detail}") from None
+            raise ResponseError(
+                f"{method} {path}: response is not a valid {name}: {detail}"
+            ) from None
         except t.JSON_DECODE_ERRORS as exc:
             shown = f" (Content-Type: {printable(content_type)})" if content_type else ""
-            raise ResponseError(f"{call}: response is not valid JSON{shown}: {exc}") from None
+            raise ResponseError(
+                f"{method} {path}: response is not valid JSON{shown}: {exc}"
+            ) from None
 
     @contextlib.asynccontextmanager
     async def _stream(
@@ -652,7 +317,7 @@ class ControlPlane:
         call = f"GET {path}"
         # The chunks go to the caller as they arrive: ask for them unencoded.
         headers["Accept-Encoding"] = "identity"
-        session = await self._get_session()
+        session = await self._session.get()
         try:
             async with asyncio.timeout(self.config.request_timeout):
                 response = await session.get(
@@ -677,15 +342,14 @@ class ControlPlane:
 
     async def ping(self) -> None:
         """Check that the control plane answers (``GET /v1/ping``)."""
-        await self._request("GET", "/v1/ping", want_result=False)
+        await self._send("GET", "/v1/ping")
 
     async def get_json(self, path: str, result_type: type[T] | None = None) -> Any:
         """GET ``path`` (relative to the base URL) and decode the JSON answer.
 
         With ``result_type`` None the decoded JSON value is returned (None for an empty body).
         """
-        url = self._user_url(path)
-        return await self._request("GET", path, result_type=result_type, url=url)
+        return await self._call("GET", self._caller_path(path), _NO_BODY, result_type)
 
     async def post_json(self, path: str, body: Any, result_type: type[T] | None = None) -> Any:
         """POST ``body`` as JSON to ``path`` and decode the JSON answer.
@@ -693,50 +357,26 @@ class ControlPlane:
         A ``body`` of None sends no body at all (as Go's client does for a nil body).
         """
         payload = _NO_BODY if body is None else body
-        return await self._request("POST", path, payload, result_type, url=self._user_url(path))
-
-    def _user_url(self, path: str) -> URL:
-        if not isinstance(path, str):
-            raise ArgumentTypeError(f"path must be a str, got {type(path).__name__}")
-        if _NOT_IN_HEADER.search(path):
-            raise ArgumentError(f"path {path!r}: holds a control character")
-        try:
-            return URL(self._base + "/" + path.lstrip("/"))
-        except ValueError as exc:
-            raise ArgumentError(f"path {path!r}: {exc}") from None
+        return await self._call("POST", self._caller_path(path), payload, result_type)
 
     # --- the endpoints of WIRE.md -----------------------------------------
 
-    def _node(self, node_id: str, *rest: str) -> str:
-        if not isinstance(node_id, str):
-            # Checked before the cache, which would raise TypeError for an unhashable id.
-            raise ArgumentTypeError(f"node_id must be a str, got {type(node_id).__name__}")
-        return _node_path(node_id) + "".join(rest)
-
     async def register(self, req: t.RegisterRequest) -> t.RegisterResponse:
         """Register this node with a bootstrap token."""
-        result: t.RegisterResponse = await self._request(
-            "POST", "/v1/register", req, t.RegisterResponse
-        )
-        return result
+        return await self._call("POST", "/v1/register", req, t.RegisterResponse)
 
     async def heartbeat(self, node_id: str, req: t.HeartbeatRequest) -> t.HeartbeatResponse:
         """Report liveness; the answer says whether to reconcile or rotate keys."""
-        result: t.HeartbeatResponse = await self._request(
-            "POST", self._node(node_id, "/heartbeat"), req, t.HeartbeatResponse
-        )
-        return result
+        path = node_path(node_id, "/heartbeat")
+        return await self._call("POST", path, req, t.HeartbeatResponse)
 
     async def deregister(self, node_id: str) -> None:
         """Remove this node from the control plane."""
-        await self._request("POST", self._node(node_id, "/deregister"), want_result=False)
+        await self._send("POST", node_path(node_id, "/deregister"))
 
     async def fetch_state(self, node_id: str) -> t.StateResponse:
         """The node's full desired state."""
-        result: t.StateResponse = await self._request(
-            "GET", self._node(node_id, "/state"), result_type=t.StateResponse
-        )
-        return result
+        return await self._call("GET", node_path(node_id, "/state"), _NO_BODY, t.StateResponse)
 
     def connect_sse(
         self, node_id: str, last_event_id: str = ""
@@ -745,12 +385,12 @@ class ControlPlane:
 
         The stream is not cut by ``request_timeout``: the reader bounds it with an idle timeout.
         """
-        path = self._node(node_id, "/events")
+        path = node_path(node_id, "/events")
         if not isinstance(last_event_id, str) or not is_header_value(last_event_id):
             raise ArgumentError(
                 f"last_event_id {last_event_id!r}: not a valid header value (control character)"
             )
-        headers = self._headers(_EVENT_STREAM)
+        headers = self._headers(EVENT_STREAM)
         headers["Cache-Control"] = "no-cache"
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
@@ -761,77 +401,70 @@ class ControlPlane:
 
     async def rotate_keys(self, req: t.KeyRotateRequest) -> t.KeyRotateResponse:
         """Announce the node's new public key."""
-        result: t.KeyRotateResponse = await self._request(
-            "POST", "/v1/keys/rotate", req, t.KeyRotateResponse
-        )
-        return result
+        return await self._call("POST", "/v1/keys/rotate", req, t.KeyRotateResponse)
 
     async def update_capabilities(self, node_id: str, caps: t.CapabilitiesPayload) -> None:
         """Publish what the node can do."""
-        await self._request("PUT", self._node(node_id, "/capabilities"), caps, want_result=False)
+        await self._send("PUT", node_path(node_id, "/capabilities"), caps)
 
     async def report_endpoint(self, node_id: str, req: t.EndpointReport) -> t.EndpointResponse:
         """Report the node's public endpoint; the answer has the peers' endpoints."""
-        result: t.EndpointResponse = await self._request(
-            "PUT", self._node(node_id, "/endpoint"), req, t.EndpointResponse
-        )
-        return result
+        path = node_path(node_id, "/endpoint")
+        return await self._call("PUT", path, req, t.EndpointResponse)
 
     async def report_drift(self, node_id: str, req: t.DriftReport) -> None:
         """Report corrections made to drifted state."""
-        await self._request("POST", self._node(node_id, "/drift"), req, want_result=False)
+        await self._send("POST", node_path(node_id, "/drift"), req)
 
     async def fetch_secret(self, node_id: str, key: str) -> t.SecretResponse:
         """Fetch one encrypted secret."""
-        path = self._node(node_id, "/secrets/", path_segment(key, "key"))
-        result: t.SecretResponse = await self._request("GET", path, result_type=t.SecretResponse)
-        return result
+        path = node_path(node_id, "/secrets/", path_segment(key, "key"))
+        return await self._call("GET", path, _NO_BODY, t.SecretResponse)
 
     async def sync_reports(self, node_id: str, req: t.ReportSyncRequest) -> None:
         """Sync the node's reports."""
-        await self._request("POST", self._node(node_id, "/report"), req, want_result=False)
+        await self._send("POST", node_path(node_id, "/report"), req)
 
     async def ack_execution(self, node_id: str, execution_id: str, req: t.ExecutionAck) -> None:
         """Acknowledge an action request."""
-        await self._request(
-            "POST", self._execution(node_id, execution_id, "/ack"), req, want_result=False
-        )
+        await self._send("POST", execution_path(node_id, execution_id, "/ack"), req)
 
     async def report_result(self, node_id: str, execution_id: str, req: t.ExecutionResult) -> None:
         """Report the outcome of an execution."""
-        await self._request(
-            "POST", self._execution(node_id, execution_id, "/result"), req, want_result=False
-        )
-
-    def _execution(self, node_id: str, execution_id: str, action: str) -> str:
-        execution = path_segment(execution_id, "execution_id")
-        return self._node(node_id, "/executions/", execution, action)
+        await self._send("POST", execution_path(node_id, execution_id, "/result"), req)
 
     async def report_metrics(self, node_id: str, batch: Sequence[t.MetricPoint]) -> None:
         """Send a batch of metric points."""
-        await self._request(
-            "POST", self._node(node_id, "/metrics"), _batch(batch), want_result=False
-        )
+        await self._send("POST", node_path(node_id, "/metrics"), _batch(batch))
 
     async def report_logs(self, node_id: str, batch: Sequence[t.LogEntry]) -> None:
         """Send a batch of log entries."""
-        await self._request("POST", self._node(node_id, "/logs"), _batch(batch), want_result=False)
+        await self._send("POST", node_path(node_id, "/logs"), _batch(batch))
 
     async def report_audit(self, node_id: str, batch: Sequence[t.AuditEntry]) -> None:
         """Send a batch of audit entries."""
-        await self._request("POST", self._node(node_id, "/audit"), _batch(batch), want_result=False)
+        await self._send("POST", node_path(node_id, "/audit"), _batch(batch))
 
     def fetch_artifact(
         self, version: str, os: str, arch: str
     ) -> contextlib.AbstractAsyncContextManager[ArtifactStream]:
         """Download a plexd binary; each read is bounded by ``request_timeout``."""
-        path = "/v1/artifacts/plexd/" + "/".join(
-            path_segment(value, name)
-            for value, name in ((version, "version"), (os, "os"), (arch, "arch"))
-        )
         headers = self._headers("application/octet-stream, */*")
         make_response = functools.partial(ArtifactStream, read_timeout=self.config.request_timeout)
-        return self._stream(path, headers, make_response)
+        return self._stream(artifact_path(version, os, arch), headers, make_response)
+
+
+_BodyReader = Callable[[aiohttp.ClientResponse, str], Awaitable[R]]
+
+
+async def _read_json(response: aiohttp.ClientResponse, call: str) -> tuple[bytes, str]:
+    raw = await read_capped_body(response, MAX_RESPONSE_SIZE, call)
+    return raw, response.headers.get("Content-Type", "")
+
+
+async def _skip_body(response: aiohttp.ClientResponse, call: str) -> None:
+    # An answer without a result: any 2xx will do, whatever its body.
+    return None
 
 
 def _batch(batch: Sequence[Any]) -> list[Any]:
@@ -839,40 +472,3 @@ def _batch(batch: Sequence[Any]) -> list[Any]:
         return list(batch)
     except TypeError:
         raise ArgumentTypeError(f"batch must be a sequence, got {type(batch).__name__}") from None
-
-
-def _check_arguments(config: Any, version: Any, ssl_context: Any) -> None:
-    if not isinstance(config, Config):
-        raise ArgumentTypeError(f"config must be a Config, got {type(config).__name__}")
-    if not isinstance(version, str) or not is_header_value(version):
-        # It goes into every User-Agent header.
-        raise ArgumentError(f"version {version!r}: must be a str without control characters")
-    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
-        raise ArgumentTypeError(
-            f"ssl_context must be an ssl.SSLContext, got {type(ssl_context).__name__}"
-        )
-
-
-def _unreachable(loop: asyncio.AbstractEventLoop | None) -> bool:
-    # Another loop, open but not running: nothing can run a close on it now.
-    return (
-        loop is not None
-        and loop is not _running_loop()
-        and not (loop.is_closed() or loop.is_running())
-    )
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-async def _release_orphaned(session: aiohttp.ClientSession) -> None:
-    # The session's loop is closed: its sockets are closed directly, then close() only
-    # marks the session closed (it no longer touches that loop).
-    connector = session.connector
-    if isinstance(connector, LeanConnector):
-        connector.close_orphaned()
-    await session.close()

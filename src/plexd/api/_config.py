@@ -1,4 +1,5 @@
-"""Client configuration: where the control plane is and how long to wait for it."""
+"""Declarations, above ``errors``: the client configuration (where the control plane
+is, how long to wait for it) and how a URL is shown without its secrets."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from urllib.parse import urlsplit
 
 from yarl import URL
 
-from .errors import ConfigError
+from .errors import MASK, ConfigError
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_REQUEST_TIMEOUT = 30.0
@@ -25,7 +26,7 @@ _TIMEOUT_DEFAULTS = {
 # after the user up to the last "@" before a space, so that a password with an
 # unencoded "@", ":" or "/" is covered too (at worst more than the password is masked).
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/?#:@]*):\S*@")
-_URL_PASSWORD_MASK = r"\1:***@"
+_URL_PASSWORD_MASK = rf"\1:{MASK}@"
 # What no URL may hold: whitespace, C0 controls and DEL (a URL parser would silently
 # drop or re-encode them, so the URL used would not be the one configured).
 _BAD_URL_CHARS = re.compile(r"[\x00-\x20\x7f]")
@@ -80,7 +81,7 @@ def shown_url(url: str) -> str:
     and the last ``@``, a password or a token in the user's place) replaced by ``***``."""
     scheme, separator, rest = url.partition("://")
     if separator and "@" in rest:
-        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+        return f"{scheme}://{MASK}@{rest.rpartition('@')[2]}"
     return redact_url(url)
 
 

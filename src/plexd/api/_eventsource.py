@@ -1,12 +1,12 @@
-"""EventSource: the package's one SSE client, for any URL.
+"""Facade layer: :class:`EventSource`, the package's one SSE client, for any URL.
 
-The connection logic lives here once: :func:`run_connection` opens a stream,
-checks it is ``text/event-stream``, and hands its bytes on as they arrive;
-:class:`ReconnectEngine` decides the waits between connections. :class:`EventSource`
-runs them for a plain URL in a background task and parses in the consumer's
-``async for`` (an :class:`SSEParser`, a slice at a time); ``SSEStream``/``SSEManager``
-run the same function on ``ControlPlane.connect_sse``, parse as bytes arrive, and
-add envelopes, verification, dispatch and the polling fallback.
+It runs ``_http``'s :func:`run_connection` (open a stream, check it is
+``text/event-stream``, hand its bytes on as they arrive) in a background task,
+with :class:`ReconnectEngine` deciding the waits between connections, and parses in
+the consumer's ``async for`` (an :class:`SSEParser`, a slice at a time).
+``SSEStream``/``SSEManager`` run the same function on ``ControlPlane.connect_sse``,
+parse as bytes arrive, and add envelopes, verification, dispatch and the polling
+fallback.
 """
 
 from __future__ import annotations
@@ -14,39 +14,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import operator
-import re
 import ssl as ssl_module
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Literal, NoReturn, TypeVar, cast
+from typing import Literal, NoReturn, cast
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from ._client import (
+from ._checks import check_delay, check_header, check_timeout, is_token
+from ._classify import classify_as_browser
+from ._http import (
+    EVENT_STREAM,
     TRANSPORT_ERRORS,
     EventStreamResponse,
     map_transport_error,
     raise_for_status,
+    run_connection,
 )
-from ._reconnect import (
-    ConnectionState,
-    Decision,
-    FailureAction,
-    ReconnectEngine,
-    ReconnectPolicy,
-    Step,
-)
+from ._reconnect import ConnectionState, Decision, ReconnectEngine, ReconnectPolicy, Step
 from ._sse import SSEComment, SSEEvent, SSEParser, is_header_safe, shown_id
 from ._transport import LeanConnector
-from .errors import APIError, APITimeoutError, ArgumentError, PlexdError, SSEProtocolError
+from .errors import MASK, APITimeoutError, ArgumentError, PlexdError, SSEProtocolError, _NoContent
 
-T = TypeVar("T")
-
-EVENT_STREAM = "text/event-stream"
 # Redirects an EventSource follows, at most MAX_REDIRECTS in a row.
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
@@ -56,58 +48,11 @@ _READ_AHEAD = 2
 # are alive at once, under the garbage collector's young-generation threshold (700),
 # so reading 256 KiB (~750 events) at a time never wakes the collector.
 PARSE_SLICE = 128 * 1024
-# 4xx statuses a browser's EventSource reconnects after: a passing condition, not a
-# wrong request. Every other 4xx ends the iteration.
-_RETRIED_4XX = frozenset({408, 425, 429})
-# Statuses whose Retry-After sets the wait (API.md).
-_RETRY_AFTER_STATUSES = frozenset({429, 503})
-# What a URL password shows as.
-MASK = "***"
-# RFC 9110 5.6.2: a method or a header name is a token.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-StreamOpener = Callable[[], contextlib.AbstractAsyncContextManager[EventStreamResponse]]
-
-
-def require_event_stream(response: EventStreamResponse) -> None:
-    """Raise :class:`SSEProtocolError` unless the response is ``text/event-stream``."""
-    content_type = response.headers.get("Content-Type", "")
-    if content_type.split(";", 1)[0].strip().lower() != EVENT_STREAM:
-        raise SSEProtocolError(
-            f"expected a {EVENT_STREAM} response, got {content_type or 'no Content-Type'!r}"
-            f" (status {response.status})"
-        )
-
-
-async def run_connection(
-    open_stream: StreamOpener,
-    parse: Callable[[bytes], list[T]],
-    read_timeout: float | None,
-    on_open: Callable[[EventStreamResponse], None],
-    on_batch: Callable[[list[T]], Awaitable[None]],
-) -> None:
-    """One SSE connection: open it, check it, and parse its bytes until the server closes it.
-
-    ``on_open`` is called once the response is usable; ``on_batch`` is awaited with
-    what each received chunk completed (maybe nothing: the chunk may still have moved
-    the parser, by an ``id:`` alone or a skipped oversized event), before the next chunk
-    is read. The read timeout restarts with every chunk (keep-alive comments included)
-    and raises :class:`SSEIdleTimeoutError`.
-    """
-    async with open_stream() as response:
-        require_event_stream(response)
-        on_open(response)
-        while chunk := await response.read_chunk(read_timeout):
-            await on_batch(parse(chunk))
 
 
 def shown_url(url: URL) -> str:
     """``url`` for a repr, an error message or a log line: its password masked."""
     return str(url.with_password(MASK)) if url.password is not None else str(url)
-
-
-class _NoContent(PlexdError):
-    """The server answered 204: it wants no more reconnections."""
 
 
 class _Failure:
@@ -134,42 +79,6 @@ _RUNNING = _Marker()
 
 def _unparsed(chunk: bytes) -> list[bytes]:
     return [chunk]
-
-
-def classify(exc: BaseException) -> FailureAction:
-    """What an :class:`EventSource` does after a failed connection, as a browser would.
-
-    401, 403, 404, 410 and every other 4xx except 408, 425 and 429 stop it: retrying
-    cannot help (a 204, the server's "no more", never gets here). 429 and 503 respect
-    the server's Retry-After; any other status, an I/O error, a read timeout and a
-    response that is not an event stream reconnect. Anything that is not a
-    :class:`PlexdError` is a bug and stops it.
-    """
-    if isinstance(exc, APIError):
-        status = exc.status_code
-        if status in _RETRY_AFTER_STATUSES:
-            return FailureAction.RESPECT_SERVER
-        if 400 <= status < 500 and status not in _RETRIED_4XX:
-            return FailureAction.PERMANENT_FAILURE
-        return FailureAction.RETRY_TRANSIENT
-    if isinstance(exc, PlexdError):
-        return FailureAction.RETRY_TRANSIENT
-    return FailureAction.PERMANENT_FAILURE
-
-
-def _check_header(name: str, value: str) -> None:
-    if not (_TOKEN.fullmatch(name) and is_header_safe(value, max_bytes=None)):
-        raise ArgumentError(f"header {name!r} cannot be sent: a control character or a bad name")
-
-
-def _check_delay(name: str, value: float) -> None:
-    if not (math.isfinite(value) and value >= 0):
-        raise ArgumentError(f"{name} must be a finite number of seconds >= 0, got {value}")
-
-
-def _check_timeout(name: str, value: float | None) -> None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise ArgumentError(f"{name} must be None or a finite number of seconds > 0, got {value}")
 
 
 class EventSource:
@@ -222,22 +131,22 @@ class EventSource:
         self._body = body
         self._headers = CIMultiDict(headers or {})
         self._check_arguments(last_event_id, reconnect_delay, max_reconnect_delay)
-        _check_timeout("read_timeout", read_timeout)
-        _check_timeout("connect_timeout", connect_timeout)
+        check_timeout("read_timeout", read_timeout)
+        check_timeout("connect_timeout", connect_timeout)
         self._read_timeout = read_timeout
         self._connect_timeout = connect_timeout
         self._ssl = ssl
         self.on_comment = on_comment
         self.on_error = on_error
         self._log = logger or logging.getLogger("plexd.api")
-        self._parser = SSEParser(on_retry=self._server_retry, last_event_id=last_event_id)
         self._engine = ReconnectEngine(
             policy=ReconnectPolicy(reconnect_delay, max_reconnect_delay, polling_after=None),
-            classify=classify,
+            classify=classify_as_browser,
             on_failure=self._failed,
             on_state_change=self._state_changed,
             logger=self._log,
         )
+        self._parser = SSEParser(on_retry=self._engine.server_retry, last_event_id=last_event_id)
         self._queue: asyncio.Queue[_Message] = asyncio.Queue(_READ_AHEAD)
         self._items: Iterator[SSEEvent | SSEComment] = iter(())
         self._chunk = b""
@@ -288,18 +197,18 @@ class EventSource:
 
     def _check_arguments(self, last_event_id: str, delay: float, max_delay: float) -> None:
         # What aiohttp would refuse with a ValueError at every connection, refused once.
-        if not _TOKEN.fullmatch(self._method):
+        if not is_token(self._method):
             raise ArgumentError(f"method {self._method!r} is not an HTTP method name")
         for name, value in self._headers.items():
-            _check_header(name, value)
+            check_header(name, value)
         if "Authorization" in self._headers and self._url.user is not None:
             raise ArgumentError("give credentials in the URL or an Authorization header, not both")
         if not is_header_safe(last_event_id):
             raise ArgumentError(
                 f"last_event_id {shown_id(last_event_id)} cannot be sent as Last-Event-ID"
             )
-        _check_delay("reconnect_delay", delay)
-        _check_delay("max_reconnect_delay", max_delay)
+        check_delay("reconnect_delay", delay)
+        check_delay("max_reconnect_delay", max_delay)
 
     # --- lifecycle --------------------------------------------------------
 
@@ -490,9 +399,6 @@ class EventSource:
     async def _forward(self, chunks: list[bytes]) -> None:
         for chunk in chunks:
             await self._queue.put(chunk)
-
-    def _server_retry(self, milliseconds: int) -> None:
-        self._engine.server_retry(milliseconds)
 
     async def _failed(self, error: BaseException, decision: Decision) -> None:
         # An error that stops the iteration is reported where it is raised, in __anext__.

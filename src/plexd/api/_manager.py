@@ -1,4 +1,7 @@
-"""SSEManager: the node's event connection that stays up for months."""
+"""Facade layer: :class:`SSEManager`, the node's event connection that stays up for
+months: an :class:`SSEStream` driven by a :class:`ReconnectEngine`, with the polling
+fallback and the verifier following key rotations.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from ._checks import check_intervals, check_polling
 from ._client import ControlPlane
 from ._dispatch import EventDispatcher, EventHandler
-from ._reconnect import (
-    ConnectionState,
-    ReconnectEngine,
-    ReconnectPolicy,
-    check_intervals,
-    check_polling,
-)
+from ._reconnect import ConnectionState, ReconnectEngine, ReconnectPolicy
 from ._stream import SSEStream
 from ._types import EventType
 from ._verify import EventVerifier, NoOpVerifier
@@ -138,10 +136,7 @@ class SSEManager:
             self._dispatcher,
             self._client.config.sse_idle_timeout,
             self._log,
-            on_connected=self._engine.connected,
-            on_event=self._engine.event_delivered,
-            on_retry=self._engine.server_retry,
-            stop_requested=lambda: self._engine.stopped,
+            engine=self._engine,
         )
         stream.last_event_id = self._last_event_id
         self._stream = stream
@@ -154,8 +149,7 @@ class SSEManager:
             # A bug, here or in a verifier the caller wrote: it stops the stream (looping
             # on it would hide it), as a PlexdError that keeps the original as its cause.
             raise PlexdError(
-                f"event stream stopped by an unexpected {type(exc).__name__}: "
-                f"{printable(str(exc))}"
+                f"event stream stopped by an unexpected {type(exc).__name__}: {printable(str(exc))}"
             ) from exc
         finally:
             self._last_event_id = stream.last_event_id

@@ -1,10 +1,13 @@
-"""Reconnection: what to do after which failure (pure), and the thin loop that does it.
+"""Pure logic and the thin loop over it: reconnection, what to do after which failure,
+and when.
 
+Below it, ``_classify`` says what a failure calls for (a :class:`FailureAction`).
 The decision part is :class:`ReconnectPolicy`: a small state object fed with what
 happened (connected, an event arrived, the attempt ended with this error) that
 answers with what to do next (wait this long, poll, or stop). :class:`ReconnectEngine`
 drives attempts with it; time, sleeping and randomness are injectable, so every
-transition can be tested with a fake clock and no real waiting.
+transition can be tested with a fake clock and no real waiting. An attempt talks back
+to its engine through :class:`AttemptHooks`.
 """
 
 from __future__ import annotations
@@ -18,14 +21,11 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from .errors import (
-    APIConnectionError,
-    APIError,
-    ArgumentError,
-    SSEIdleTimeoutError,
-    SSEProtocolError,
-)
+# FailureAction is re-exported for plexd.cli.output until it imports it from plexd.api.
+from ._classify import FailureAction as FailureAction
+from ._classify import classify_error
 
 # API.md "Reconnection rules": base 1 s, multiplier 2, cap 60 s, jitter ±25%.
 DEFAULT_BASE_DELAY = 1.0
@@ -49,18 +49,7 @@ MIN_SERVER_RETRY = 0.1
 # (10**12 s, a date in the year 9999) would park the node for good.
 MAX_RETRY_AFTER = 3600.0
 
-# 4xx statuses that describe a passing condition rather than a wrong request.
-_TRANSIENT_4XX = frozenset({408, 425})
 _NEVER = math.inf
-
-
-class FailureAction(enum.Enum):
-    """What a failed connection attempt calls for."""
-
-    RETRY_TRANSIENT = "retry_transient"
-    RETRY_AUTH = "retry_auth"
-    RESPECT_SERVER = "respect_server"
-    PERMANENT_FAILURE = "permanent_failure"
 
 
 class ConnectionState(enum.Enum):
@@ -71,39 +60,6 @@ class ConnectionState(enum.Enum):
     CONNECTED = "connected"
     BACKOFF = "backoff"
     POLLING = "polling"
-
-
-def classify_error(exc: BaseException) -> FailureAction:
-    """Map a failure to an action; the transient failures are listed, all else is permanent.
-
-    - ``RETRY_TRANSIENT``: :class:`APIConnectionError` (timeouts included),
-      :class:`SSEIdleTimeoutError`, :class:`SSEProtocolError`, and an :class:`APIError`
-      with a 5xx, 408 or 425 status. A 503 is ``RETRY_TRANSIENT`` even with a
-      ``Retry-After``: the action says what failed, and :class:`ReconnectPolicy` honours
-      the ``retry_after`` of any retried failure that carries one (429 and 503 do).
-    - ``RESPECT_SERVER``: 429.
-    - ``RETRY_AUTH``: 401 (the engine calls ``on_auth_failure`` and stops).
-    - ``PERMANENT_FAILURE``: everything else: 403, 404, every other 4xx, an unfollowed
-      3xx, a closed client (:class:`ClientClosedError`), :class:`ConfigError`,
-      :class:`ArgumentError`, :class:`EventLoopError`, any other :class:`PlexdError`,
-      and any exception the package does not raise on purpose (a bug): the same
-      attempt would fail the same way, so it surfaces instead of looping.
-    """
-    if isinstance(exc, APIError):
-        return _classify_status(exc.status_code)
-    if isinstance(exc, APIConnectionError | SSEIdleTimeoutError | SSEProtocolError):
-        return FailureAction.RETRY_TRANSIENT
-    return FailureAction.PERMANENT_FAILURE
-
-
-def _classify_status(status: int) -> FailureAction:
-    if status == 401:
-        return FailureAction.RETRY_AUTH
-    if status == 429:
-        return FailureAction.RESPECT_SERVER
-    if status >= 500 or status in _TRANSIENT_4XX:
-        return FailureAction.RETRY_TRANSIENT
-    return FailureAction.PERMANENT_FAILURE
 
 
 def retry_after_of(error: BaseException | None) -> float:
@@ -117,31 +73,22 @@ def retry_after_of(error: BaseException | None) -> float:
     return min(float(value), MAX_RETRY_AFTER)
 
 
-def check_intervals(base: float, maximum: float) -> None:
-    """Raise :class:`ArgumentError` unless ``0 <= base <= maximum``, both finite."""
-    _check_seconds("base", base)
-    _check_seconds("max", maximum)
-    if maximum < base:
-        raise ArgumentError(f"max ({maximum!r}) must not be below base ({base!r})")
+class AttemptHooks(Protocol):
+    """What a connection attempt tells the loop that runs it (a :class:`ReconnectEngine`
+    is one), and asks it: whether to stop before the next event."""
 
+    def connected(self) -> None:
+        """The response is usable."""
 
-def check_polling(after: float, interval: float) -> None:
-    """Raise :class:`ArgumentError` unless ``after >= 0`` and ``interval > 0``, both finite."""
-    _check_seconds("after", after)
-    _check_seconds("interval", interval)
-    if interval <= 0:
-        raise ArgumentError(f"interval must be above 0 seconds, got {interval!r}")
+    def event_delivered(self) -> None:
+        """The connection delivered events."""
 
+    def server_retry(self, milliseconds: int) -> None:
+        """The server sent ``retry:``."""
 
-def _check_seconds(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ArgumentError(f"{name} must be a number of seconds, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ArgumentError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
-
-
-class StopRequested(Exception):
-    """Raised by an attempt that saw :attr:`ReconnectEngine.stopped` and stopped early."""
+    @property
+    def stopped(self) -> bool:
+        """Whether the loop was told to stop."""
 
 
 class Step(enum.Enum):

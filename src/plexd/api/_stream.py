@@ -1,22 +1,39 @@
-"""SSEStream: one connection to the node's event stream, from bytes to dispatched events."""
+"""Facade layer: :class:`SSEStream`, one connection to the node's event stream, from
+bytes to dispatched events (parse, envelope, verify, dispatch, the resume cursor).
+
+The connection itself is ``_http``'s :func:`run_connection` on
+``ControlPlane.connect_sse``; a reconnect loop that drives it (``SSEManager``'s
+:class:`ReconnectEngine`) follows it through one :class:`AttemptHooks` object.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
-from ._client import ControlPlane, EventStreamResponse
+from ._client import ControlPlane
 from ._dispatch import EventDispatcher
 from ._envelope import SignedEnvelope, parse_envelope
-from ._eventsource import run_connection
-from ._reconnect import StopRequested
-from ._sse import SSEEvent, SSEParser, is_header_safe, shown_id
+from ._http import EventStreamResponse, run_connection
+from ._reconnect import AttemptHooks
+from ._sse import DEFAULT_MAX_EVENT_SIZE, SSEEvent, SSEParser, is_header_safe, shown_id
 from ._verify import EventVerifier, NoOpVerifier
-from .errors import ArgumentError, EnvelopeError, VerificationError
+from .errors import ArgumentError, EnvelopeError, VerificationError, _StopRequested
 
-# API.md: SSEParser's default bound on one event or one line.
-DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024
+
+class _NoReconnectLoop:
+    """The :class:`AttemptHooks` of a stream connected by hand: nothing listens."""
+
+    stopped = False
+
+    def connected(self) -> None:
+        pass
+
+    def event_delivered(self) -> None:
+        pass
+
+    def server_retry(self, milliseconds: int) -> None:
+        pass
 
 
 class SSEStream:
@@ -29,7 +46,9 @@ class SSEStream:
     however the bytes were split. It is the most recent such id that is a valid header
     value (:func:`is_header_safe`): an id with a control character, or longer than
     ``MAX_RESUME_ID_BYTES``, is logged once and skipped as a cursor.
-    The optional hooks let a reconnect loop follow the connection.
+    ``engine`` (a :class:`ReconnectEngine`, or any :class:`AttemptHooks`) hears when
+    the stream is open, that events arrived and the server's ``retry:``; once it is
+    ``stopped`` the stream stops before the next event.
     """
 
     def __init__(
@@ -41,10 +60,7 @@ class SSEStream:
         logger: logging.Logger | None = None,
         *,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
-        on_connected: Callable[[], None] | None = None,
-        on_event: Callable[[], None] | None = None,
-        on_retry: Callable[[int], None] | None = None,
-        stop_requested: Callable[[], bool] | None = None,
+        engine: AttemptHooks | None = None,
     ) -> None:
         self._client = client
         self._verifier: EventVerifier = verifier if verifier is not None else NoOpVerifier()
@@ -52,10 +68,7 @@ class SSEStream:
         self._idle_timeout = idle_timeout
         self._log = logger or logging.getLogger("plexd.api")
         self._max_event_size = max_event_size
-        self._on_connected = on_connected
-        self._on_event = on_event
-        self._on_retry = on_retry
-        self._stop_requested = stop_requested or (lambda: False)
+        self._engine: AttemptHooks = engine if engine is not None else _NoReconnectLoop()
         self._parser: SSEParser | None = None
         # The resume cursor, and the last id the stream moved to (maybe not sendable).
         self._last_event_id = ""
@@ -81,7 +94,7 @@ class SSEStream:
         timeout or a response that is not ``text/event-stream``."""
         self._seen_id = self._last_event_id
         parser = self._parser = SSEParser(
-            on_retry=self._on_retry,
+            on_retry=self._engine.server_retry,
             max_event_size=self._max_event_size,
             on_oversize=self._oversize,
             last_event_id=self.last_event_id,
@@ -99,8 +112,7 @@ class SSEStream:
 
     def _opened(self, response: EventStreamResponse) -> None:
         self._log.info("event stream open", extra={"last_event_id": self.last_event_id})
-        if self._on_connected is not None:
-            self._on_connected()
+        self._engine.connected()
 
     async def _handle_batch(self, events: list[SSEEvent]) -> None:
         # The hot path of the whole client: one iteration per event, nothing per event
@@ -108,12 +120,12 @@ class SSEStream:
         verify = None if isinstance(self._verifier, NoOpVerifier) else self._verifier.verify
         dispatch = self._dispatcher.dispatch
         task = asyncio.current_task()
-        stop_requested = self._stop_requested
+        engine = self._engine
         for event in events:
             # A shutdown from a handler that never suspends would only be noticed at the
             # next read: stop before the next event, which is then replayed next time.
-            if stop_requested():
-                raise StopRequested
+            if engine.stopped:
+                raise _StopRequested
             if task is not None and task.cancelling():
                 raise asyncio.CancelledError
             try:
@@ -130,8 +142,8 @@ class SSEStream:
                     await dispatch(envelope)
             if event.id != self._seen_id:
                 self._advance(event.id)
-        if events and self._on_event is not None:
-            self._on_event()
+        if events:
+            engine.event_delivered()
         parser = self._parser
         if parser is not None:
             # Every block of the chunk is processed, those that dispatched nothing (an

@@ -1,4 +1,4 @@
-"""Connections: the TLS settings and the aiohttp connector every client uses.
+"""I/O layer, the lowest: the TLS settings and the aiohttp connector every client uses.
 
 An idle event stream should cost little, so one process can hold thousands of
 them. Three things make a TLS connection expensive in asyncio + OpenSSL 3, and
@@ -16,8 +16,8 @@ this module deals with each:
 
 It also cleans up after the transport: :func:`scrub_transport_error` takes the
 token and URL passwords out of an aiohttp exception, and
-:meth:`LeanConnector.close_orphaned` closes the sockets of a connector whose
-event loop is gone.
+:meth:`LeanConnector.close_orphaned` (:func:`release_orphaned_session`) closes the
+sockets of a connector whose event loop is gone.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._config import redact_url
-from .errors import ArgumentError
+from .errors import MASK, ArgumentError
 
 # Concurrent TLS connection set-ups (TCP connect + handshake) per server and
 # event loop. The handshakes run on the loop's thread anyway: a queue this long
@@ -167,6 +167,15 @@ class LeanConnector(aiohttp.TCPConnector):
         self._transports.clear()
 
 
+async def release_orphaned_session(session: aiohttp.ClientSession) -> None:
+    """Close a session whose event loop is closed: its sockets are closed directly, then
+    ``close()`` only marks the session closed (it no longer touches that loop)."""
+    connector = session.connector
+    if isinstance(connector, LeanConnector):
+        connector.close_orphaned()
+    await session.close()
+
+
 def _close_orphaned_transport(transport: asyncio.BaseTransport) -> None:
     # asyncio internals, guarded as in share_tls_read_buffer: a TLS transport wraps the
     # socket transport; both warn in __del__ unless marked closed.
@@ -201,7 +210,6 @@ async def _set_up_slot(set_up: dict[str, Any]) -> AsyncIterator[None]:
 # --- secrets in transport exceptions ------------------------------------------------
 
 _SECRET_HEADERS = ("Authorization", "Proxy-Authorization", "Cookie")
-_MASK = "***"
 
 
 def scrub_transport_error(exc: BaseException) -> None:
@@ -241,7 +249,7 @@ def _scrubbed(value: Any) -> Any:
     if isinstance(value, aiohttp.RequestInfo):
         return _scrubbed_request_info(value)
     if isinstance(value, URL):
-        return value.with_password(_MASK) if value.password else value
+        return value.with_password(MASK) if value.password else value
     if isinstance(value, str):
         cleaned = redact_url(value)
         return value if cleaned == value else cleaned
@@ -257,7 +265,7 @@ def _scrubbed_request_info(info: aiohttp.RequestInfo) -> aiohttp.RequestInfo:
     headers = CIMultiDict(info.headers)
     for name in _SECRET_HEADERS:
         if name in headers:
-            headers[name] = _MASK
+            headers[name] = MASK
     return aiohttp.RequestInfo(
         _scrubbed(info.url), info.method, CIMultiDictProxy(headers), _scrubbed(info.real_url)
     )

@@ -1,4 +1,36 @@
-"""The exception hierarchy, and the mapping of an HTTP error response to an exception."""
+"""Bottom layer: every exception of the package, and the mapping of an HTTP error
+response to its exception (with the few rules that mapping needs).
+
+The tree (public names are exported by :mod:`plexd.api`)::
+
+    Exception
+    ├── PlexdError                      root of everything the package raises
+    │   ├── ConfigError (ValueError)
+    │   ├── ArgumentError (ValueError)
+    │   │   └── ArgumentTypeError (TypeError)
+    │   ├── ClientClosedError
+    │   ├── EventLoopError (RuntimeError)
+    │   ├── APIError                    a status outside 2xx
+    │   │   ├── BadRequestError         400
+    │   │   ├── UnauthorizedError       401
+    │   │   ├── ForbiddenError          403
+    │   │   ├── NotFoundError           404
+    │   │   ├── ConflictError           409
+    │   │   ├── PayloadTooLargeError    413
+    │   │   ├── RateLimitError          429
+    │   │   └── ServerError             5xx
+    │   ├── APIConnectionError          no response: DNS, connect, TLS, reset
+    │   │   └── APITimeoutError
+    │   │       └── SSEIdleTimeoutError no bytes on the event stream for the idle timeout
+    │   ├── ResponseError               a 2xx the client cannot use
+    │   ├── ChecksumError
+    │   ├── NaiveDatetimeError (ValueError)
+    │   ├── EnvelopeError
+    │   ├── VerificationError
+    │   ├── SSEProtocolError
+    │   └── _NoContent                  internal: an EventSource's server answered 204
+    └── _StopRequested                  internal: an attempt saw the engine stopped
+"""
 
 from __future__ import annotations
 
@@ -13,6 +45,10 @@ import msgspec
 # API.md: "APIError.message is at most the first 4096 bytes of the body".
 MAX_ERROR_BODY = 4096
 PROBLEM_JSON = "application/problem+json"
+# API.md: "retry_after is parsed from Retry-After on 429 and 503".
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+# What a secret (a token, a password, a key) shows as in a repr, a message or a log line.
+MASK = "***"
 
 
 def printable(text: str) -> str:
@@ -168,8 +204,16 @@ class SSEProtocolError(PlexdError):
     """The event stream broke the protocol, e.g. the response is not text/event-stream."""
 
 
-class SSEIdleTimeoutError(PlexdError):
+class SSEIdleTimeoutError(APITimeoutError):
     """No bytes arrived on the event stream for the idle timeout."""
+
+
+class _NoContent(PlexdError):
+    """An :class:`EventSource`'s server answered 204: it wants no more reconnections."""
+
+
+class _StopRequested(Exception):
+    """Raised by an attempt that saw its reconnect engine stopped, to stop early."""
 
 
 _STATUS_CLASSES: dict[int, type[APIError]] = {
@@ -181,7 +225,6 @@ _STATUS_CLASSES: dict[int, type[APIError]] = {
     413: PayloadTooLargeError,
     429: RateLimitError,
 }
-_RETRY_AFTER_STATUSES = (429, 503)
 
 
 def error_class(status: int) -> type[APIError]:
@@ -248,7 +291,7 @@ def from_response(
     """Build the exception for a non-2xx response from its status, headers and body prefix."""
     body = body[:MAX_ERROR_BODY]
     retry_after = None
-    if status in _RETRY_AFTER_STATUSES:
+    if status in RETRY_AFTER_STATUSES:
         retry_after = parse_retry_after(headers.get("Retry-After"))
     title = detail = code = ""
     content_type = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
