@@ -16,6 +16,7 @@ from _servers import client_for, serve
 from plexd.api import (
     ActionInfo,
     ActionParam,
+    ArgumentError,
     AuditEntry,
     BinaryInfo,
     CapabilitiesPayload,
@@ -458,6 +459,13 @@ async def test_base_url_path_prefix_is_kept_and_trailing_slash_ignored() -> None
         "/api/v2/thing",
         "/api/v2/other",
     ]
+
+
+async def test_a_path_leading_out_of_the_base_url_path_is_refused() -> None:
+    async with serve() as server, ControlPlane(Config(base_url=server.url + "/api"), "1") as cp:
+        with pytest.raises(ArgumentError, match="out of the base URL"):
+            await cp.get_json("../v2/thing")
+    assert server.received == []
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204])

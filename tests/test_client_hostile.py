@@ -173,7 +173,7 @@ def only_plexd_errors(call: Callable[[], Any]) -> None:
 def test_decoders_raise_only_plexd_errors_whatever_the_bytes(body: bytes) -> None:
     cp = ControlPlane(Config(base_url="http://127.0.0.1:9"), "test")
     for result_type in (None, StateResponse, list[int]):
-        only_plexd_errors(lambda t=result_type: cp._decode(body, t, "GET", "/x", ""))
+        only_plexd_errors(lambda t=result_type: cp._decode(body, t, "GET /x", ""))
     only_plexd_errors(lambda: decode_raw(body))
     only_plexd_errors(lambda: decode_raw(body, StateResponse))
     only_plexd_errors(lambda: parse_envelope(body))

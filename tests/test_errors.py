@@ -47,6 +47,10 @@ def test_timeouts_are_connection_errors_and_config_errors_are_value_errors() -> 
     assert issubclass(e.ResponseError, e.PlexdError)
 
 
+def test_an_idle_timeout_is_a_timeout() -> None:
+    assert issubclass(e.SSEIdleTimeoutError, e.APITimeoutError)
+
+
 def test_message_is_the_first_4096_bytes_decoded_with_replacement() -> None:
     body = b"\xff" + "é".encode() * 5000
     error = e.from_response(500, {}, body)

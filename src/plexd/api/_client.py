@@ -16,7 +16,7 @@ import ssl
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, TypeVar, overload
+from typing import Any, Final, TypeVar
 
 import aiohttp
 import msgspec
@@ -48,7 +48,6 @@ from .errors import (
 )
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 # WIRE.md, the artifact download: the SHA-256 of the body, hex, when the server knows it.
 CHECKSUM_HEADER = "X-Checksum-SHA256"
@@ -59,6 +58,8 @@ MAX_RESPONSE_SIZE = 10 * 1024 * 1024
 
 _JSON = "application/json"
 _NO_BODY: Final = object()
+# The result type of a call whose answer is any 2xx: its body is not read.
+_UNREAD: Final = object()
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _CONTENT_TYPE = ("Content-Type",)
 
@@ -222,23 +223,20 @@ class ControlPlane:
 
     # --- the request pipeline --------------------------------------------
 
-    @overload
-    async def _call(self, method: str, path: str, body: Any, result_type: type[T]) -> T: ...
-    @overload
-    async def _call(self, method: str, path: str, body: Any, result_type: None) -> Any: ...
+    def _call(self, method: str, path: str, body: Any, result_type: type[T]) -> Awaitable[T]:
+        """One JSON call whose answer is decoded into ``result_type``."""
+        return self._request(method, path, body, result_type)
 
-    async def _call(self, method: str, path: str, body: Any, result_type: Any) -> Any:
-        """Send one JSON call and decode its answer into ``result_type`` (None: any
-        JSON value, None for an empty body)."""
-        raw, content_type = await self._request(method, path, body, _read_json)
-        return self._decode(raw, result_type, method, path, content_type)
+    def _send(self, method: str, path: str, body: Any = _NO_BODY) -> Awaitable[None]:
+        """One JSON call whose answer is any 2xx; its body is not read."""
+        return self._request(method, path, body, _UNREAD)
 
-    async def _send(self, method: str, path: str, body: Any = _NO_BODY) -> None:
-        """Send one JSON call whose answer is any 2xx; its body is not read."""
-        await self._request(method, path, body, _skip_body)
-
-    async def _request(self, method: str, path: str, body: Any, read: _BodyReader[R]) -> R:
-        # Every call goes through here: encoding, gzip, headers, status, transport errors.
+    async def _request(self, method: str, path: str, body: Any, result_type: Any) -> Any:
+        """Every call goes through here: encoding, gzip, headers, status, transport
+        errors, decoding. ``result_type`` None decodes any JSON value (None for an
+        empty body); ``_UNREAD`` reads nothing. (:meth:`_call` and :meth:`_send` give
+        it types at no cost: they return this coroutine, they add no frame.)"""
+        call = f"{method} {path}"
         json_headers = self._json_headers
         data = None
         skip_auto_headers = None
@@ -249,7 +247,7 @@ class ControlPlane:
                 # here: a skip list puts aiohttp on a slower path for every request.
                 skip_auto_headers = _CONTENT_TYPE
         else:
-            data = self._encode(body, method, path)
+            data = self._encode(body, call)
             headers = json_headers.body
             if len(data) > GZIP_THRESHOLD:
                 data = gzip.compress(data, compresslevel=6)
@@ -265,47 +263,43 @@ class ControlPlane:
                 allow_redirects=False,
             ) as response:
                 await raise_for_status(response, method, path)
-                return await read(response, f"{method} {path}")
+                if result_type is _UNREAD:
+                    return None
+                raw = await read_capped_body(response, MAX_RESPONSE_SIZE, call)
+                content_type = response.headers.get("Content-Type", "")
         except TRANSPORT_ERRORS as exc:
-            raise map_transport_error(exc, f"{method} {path}") from exc
+            raise map_transport_error(exc, call) from exc
         except PlexdError:
             raise
         except ValueError as exc:
             # aiohttp refusing what it was given (a URL, a header value): our checks
             # should have caught it first.
-            raise ArgumentError(f"{method} {path}: cannot send the request: {exc}") from None
+            raise ArgumentError(f"{call}: cannot send the request: {exc}") from None
+        return self._decode(raw, result_type, call, content_type)
 
-    def _encode(self, body: Any, method: str, path: str) -> bytes:
+    def _encode(self, body: Any, call: str) -> bytes:
         try:
             t.check_times(body)
             return self._encoder.encode(body)
         except RecursionError:
-            raise ArgumentError(
-                f"{method} {path}: cannot encode request body: nested too deep"
-            ) from None
+            raise ArgumentError(f"{call}: cannot encode request body: nested too deep") from None
         except t.JSON_ENCODE_ERRORS as exc:
-            raise ArgumentError(f"{method} {path}: cannot encode request body: {exc}") from None
+            raise ArgumentError(f"{call}: cannot encode request body: {exc}") from None
 
-    def _decode(
-        self, raw: bytes, result_type: Any, method: str, path: str, content_type: str
-    ) -> Any:
+    def _decode(self, raw: bytes, result_type: Any, call: str, content_type: str) -> Any:
         name = getattr(result_type, "__name__", "value")
         if not raw.strip():
             if result_type is None:
                 return None
-            raise ResponseError(f"{method} {path}: empty response body, expected a JSON {name}")
+            raise ResponseError(f"{call}: empty response body, expected a JSON {name}")
         try:
             return self._decoder(Any if result_type is None else result_type).decode(raw)
         except msgspec.ValidationError as exc:
             detail = printable(str(exc))
-            raise ResponseError(
-                f"{method} {path}: response is not a valid {name}: {detail}"
-            ) from None
+            raise ResponseError(f"{call}: response is not a valid {name}: {detail}") from None
         except t.JSON_DECODE_ERRORS as exc:
             shown = f" (Content-Type: {printable(content_type)})" if content_type else ""
-            raise ResponseError(
-                f"{method} {path}: response is not valid JSON{shown}: {exc}"
-            ) from None
+            raise ResponseError(f"{call}: response is not valid JSON{shown}: {exc}") from None
 
     @contextlib.asynccontextmanager
     async def _stream(
@@ -349,7 +343,7 @@ class ControlPlane:
 
         With ``result_type`` None the decoded JSON value is returned (None for an empty body).
         """
-        return await self._call("GET", self._caller_path(path), _NO_BODY, result_type)
+        return await self._request("GET", self._caller_path(path), _NO_BODY, result_type)
 
     async def post_json(self, path: str, body: Any, result_type: type[T] | None = None) -> Any:
         """POST ``body`` as JSON to ``path`` and decode the JSON answer.
@@ -357,7 +351,7 @@ class ControlPlane:
         A ``body`` of None sends no body at all (as Go's client does for a nil body).
         """
         payload = _NO_BODY if body is None else body
-        return await self._call("POST", self._caller_path(path), payload, result_type)
+        return await self._request("POST", self._caller_path(path), payload, result_type)
 
     # --- the endpoints of WIRE.md -----------------------------------------
 
@@ -452,19 +446,6 @@ class ControlPlane:
         headers = self._headers("application/octet-stream, */*")
         make_response = functools.partial(ArtifactStream, read_timeout=self.config.request_timeout)
         return self._stream(artifact_path(version, os, arch), headers, make_response)
-
-
-_BodyReader = Callable[[aiohttp.ClientResponse, str], Awaitable[R]]
-
-
-async def _read_json(response: aiohttp.ClientResponse, call: str) -> tuple[bytes, str]:
-    raw = await read_capped_body(response, MAX_RESPONSE_SIZE, call)
-    return raw, response.headers.get("Content-Type", "")
-
-
-async def _skip_body(response: aiohttp.ClientResponse, call: str) -> None:
-    # An answer without a result: any 2xx will do, whatever its body.
-    return None
 
 
 def _batch(batch: Sequence[Any]) -> list[Any]:

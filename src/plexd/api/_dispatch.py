@@ -1,4 +1,5 @@
-"""EventDispatcher: hands each verified event to the handlers registered for its type."""
+"""Facade support, above the wire types: :class:`EventDispatcher` hands each verified
+event to the handlers registered for its type (``SSEStream`` calls it)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Bottom layer: every exception of the package, and the mapping of an HTTP error
-response to its exception (with the few rules that mapping needs).
+"""Bottom layer: every exception of the package, the mapping of an HTTP error response
+to its exception, and how a message shows what a server sent (:func:`printable`) or a
+secret (:data:`MASK`).
 
 The tree (public names are exported by :mod:`plexd.api`)::
 
