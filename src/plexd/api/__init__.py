@@ -6,11 +6,12 @@ from ._config import Config, shown_url
 from ._dispatch import EventDispatcher, EventHandler
 from ._envelope import SignedEnvelope, parse_envelope
 from ._eventsource import EventSource
-from ._http import ArtifactStream, EventStreamResponse
+from ._http import EVENT_STREAM, ArtifactStream, EventStreamResponse
 from ._manager import SSEManager
 from ._reconnect import (
     MAX_RETRY_AFTER,
     MIN_SERVER_RETRY,
+    AttemptHooks,
     ConnectionState,
     ReconnectEngine,
     ReconnectPolicy,
@@ -65,6 +66,7 @@ from ._verify import (
 )
 from ._wire import NULL, WireStruct, decode_raw, raw_json
 from .errors import (
+    PROBLEM_JSON,
     APIConnectionError,
     APIError,
     APITimeoutError,
@@ -95,9 +97,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CHECKSUM_HEADER",
+    "EVENT_STREAM",
     "MAX_RETRY_AFTER",
     "MIN_SERVER_RETRY",
     "NULL",
+    "PROBLEM_JSON",
     "TLS_HANDSHAKE_LIMIT",
     "APIConnectionError",
     "APIError",
@@ -107,6 +111,7 @@ __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
     "ArtifactStream",
+    "AttemptHooks",
     "AuditEntry",
     "BadRequestError",
     "BinaryInfo",

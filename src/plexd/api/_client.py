@@ -38,6 +38,7 @@ from ._http import (
 from ._paths import artifact_path, execution_path, node_path, path_segment
 from ._session import LoopBoundSession
 from ._transport import LeanConnector, shared_ssl_context
+from ._wire import JSON_DECODE_ERRORS, JSON_ENCODE_ERRORS, check_times
 from .errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -279,11 +280,11 @@ class ControlPlane:
 
     def _encode(self, body: Any, call: str) -> bytes:
         try:
-            t.check_times(body)
+            check_times(body)
             return self._encoder.encode(body)
         except RecursionError:
             raise ArgumentError(f"{call}: cannot encode request body: nested too deep") from None
-        except t.JSON_ENCODE_ERRORS as exc:
+        except JSON_ENCODE_ERRORS as exc:
             raise ArgumentError(f"{call}: cannot encode request body: {exc}") from None
 
     def _decode(self, raw: bytes, result_type: Any, call: str, content_type: str) -> Any:
@@ -297,7 +298,7 @@ class ControlPlane:
         except msgspec.ValidationError as exc:
             detail = printable(str(exc))
             raise ResponseError(f"{call}: response is not a valid {name}: {detail}") from None
-        except t.JSON_DECODE_ERRORS as exc:
+        except JSON_DECODE_ERRORS as exc:
             shown = f" (Content-Type: {printable(content_type)})" if content_type else ""
             raise ResponseError(f"{call}: response is not valid JSON{shown}: {exc}") from None
 

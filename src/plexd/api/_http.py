@@ -31,6 +31,7 @@ from .errors import (
 
 T = TypeVar("T")
 
+# WHATWG: the MIME type of an event stream.
 EVENT_STREAM = "text/event-stream"
 # Largest piece of decompressed output produced at once, so a gzip bomb never
 # expands in memory by more than this before the cap is checked.

@@ -10,11 +10,6 @@ from enum import StrEnum
 
 import msgspec
 
-# Re-exported while _client and the emulator reach them as t.check_times,
-# t.JSON_*_ERRORS and t.SignedEnvelope (`_types as t`): they belong to _wire and _envelope.
-from ._envelope import SignedEnvelope as SignedEnvelope
-from ._wire import JSON_DECODE_ERRORS as JSON_DECODE_ERRORS
-from ._wire import JSON_ENCODE_ERRORS as JSON_ENCODE_ERRORS
 from ._wire import (
     GoList,
     GoMap,
@@ -28,7 +23,6 @@ from ._wire import (
     always_time,
     omitempty_map,
 )
-from ._wire import check_times as check_times
 
 # --- registration ---------------------------------------------------------
 

@@ -17,13 +17,11 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeAlias, TypeVar, 
 import msgspec
 
 from ._gotime import ZERO_TIME, naive_datetime_error
-from .errors import ArgumentError, ArgumentTypeError, ResponseError
+from .errors import MASK, ArgumentError, ArgumentTypeError, ResponseError
 
 T = TypeVar("T")
 
 NULL = msgspec.Raw(b"null")
-# What a secret field shows in a repr.
-MASK = "***"
 
 # What msgspec raises for a value JSON cannot hold, and for bytes that are not JSON.
 # RecursionError: nesting deeper than msgspec's limit (``[`` x 5000) in either direction.

@@ -45,6 +45,7 @@ import msgspec
 
 # API.md: "APIError.message is at most the first 4096 bytes of the body".
 MAX_ERROR_BODY = 4096
+# RFC 9457: the media type of a problem document.
 PROBLEM_JSON = "application/problem+json"
 # API.md: "retry_after is parsed from Retry-After on 429 and 503".
 RETRY_AFTER_STATUSES = frozenset({429, 503})

@@ -10,9 +10,9 @@ from typing import Any
 import msgspec
 
 from plexd.api import FailureAction, SignedEnvelope, WireStruct
+from plexd.api.errors import MASK
 
 # What a secret field shows instead of its value unless --show-secrets.
-MASK = "***"
 
 _encoder = msgspec.json.Encoder()
 

@@ -14,13 +14,14 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from plexd.api import PROBLEM_JSON
+
 from .calls import RecordedCall
 
 T = TypeVar("T")
 
 # Largest request body the emulator reads (after gzip decompression).
 MAX_REQUEST_BODY = 16 * 1024 * 1024
-PROBLEM_JSON = "application/problem+json"
 JSON = "application/json"
 # The challenge of a 401 for a missing or wrong bearer token (RFC 6750).
 BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}

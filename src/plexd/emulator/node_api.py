@@ -13,7 +13,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from plexd import api
-from plexd.api import CHECKSUM_HEADER
+from plexd.api import CHECKSUM_HEADER, EVENT_STREAM
 
 from .calls import bearer_token
 from .exchange import (
@@ -31,7 +31,7 @@ from .stream import StreamCut
 
 EVENTS_ROUTE = "events"
 _EVENT_STREAM_HEADERS = {
-    "Content-Type": "text/event-stream",
+    "Content-Type": EVENT_STREAM,
     "Cache-Control": "no-cache",
     # Tells a reverse proxy in front of the emulator not to buffer the stream.
     "X-Accel-Buffering": "no",
