@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from plexd.api._sse import SSEParser
+from plexd.api import SSEParser
 
 EVENT_COUNT = 100_000
 CHUNK_SIZE = 64 * 1024
@@ -251,7 +251,7 @@ def serve_stream(body: bytes, conn: Connection) -> None:
 def consume_eventsource(url: str) -> str:
     import asyncio
 
-    from plexd.api._eventsource import EventSource
+    from plexd.api import EventSource
 
     async def main() -> str:
         count = 0

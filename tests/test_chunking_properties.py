@@ -23,12 +23,19 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plexd.api import Config, ControlPlane, SignedEnvelope, parse_envelope
-from plexd.api._dispatch import EventDispatcher
-from plexd.api._eventsource import EventSource
-from plexd.api._sse import SSEComment, SSEEvent, SSEParser
-from plexd.api._stream import SSEStream
-from plexd.api.errors import EnvelopeError
+from plexd.api import (
+    Config,
+    ControlPlane,
+    EnvelopeError,
+    EventDispatcher,
+    EventSource,
+    SignedEnvelope,
+    SSEComment,
+    SSEEvent,
+    SSEParser,
+    SSEStream,
+    parse_envelope,
+)
 
 BOM = b"\xef\xbb\xbf"
 NODE = "n1"

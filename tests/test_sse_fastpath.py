@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plexd.api._sse import _COMPLETE_EVENT, DEFAULT_MAX_EVENT_SIZE, SSEComment, SSEEvent, SSEParser
+from plexd.api import SSEComment, SSEEvent, SSEParser
+from plexd.api._sse import _COMPLETE_EVENT, DEFAULT_MAX_EVENT_SIZE
 from test_sse_parser import BOM, Outcome, cut, reference_parse
 
 Item = SSEEvent | SSEComment
