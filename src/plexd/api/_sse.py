@@ -470,26 +470,23 @@ class SSEParser:
         self._id_buffer = id_buffer
         self._last_event_id = last_event_id
         self._resume_id = resume_id
-        # Only the data lines added by these lines are measured: linear time in all.
-        self._hold_data(data, more, more_count_at_start if more is more_at_start else 0)
-
-    def _hold_data(self, data: str | None, more: list[str] | None, measured: int) -> None:
         # Keep the data of the event in progress, and drop the event if it is over the bound.
         self._more_data = more
-        if more is _DISCARDED:
+        if more is discarded:
             self._data = None
             return
         self._data = data
         if more is None:
             self._more_size = 0
         else:
-            added = more[measured:]
-            self._more_size = (
-                (self._more_size if measured else 0) + sum(map(len, added)) + len(added)
-            )
+            # Only the data lines these lines added are measured: linear time in all.
+            if more is not more_at_start:
+                self._more_size = more_count_at_start = 0
+            added = more[more_count_at_start:]
+            self._more_size += sum(map(len, added)) + len(added)
         # The data buffer holds one LF per line; the dispatched data has one less.
         data_size = self._data_size = self._more_size + (0 if data is None else len(data) + 1)
-        if data_size - 1 > self._max_event_size:
+        if data_size - 1 > max_event_size:
             self._drop_event(data_size - 1)
 
     def _retry(self, value: str) -> None:
