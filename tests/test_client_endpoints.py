@@ -12,7 +12,6 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from _servers import client_for, serve
 from plexd.api import (
     ActionInfo,
     ActionParam,
@@ -430,8 +429,9 @@ def answer_case(case: Case) -> Callable[[web.Request], Awaitable[web.StreamRespo
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-async def test_endpoint_sends_method_path_and_exact_body(case: Case) -> None:
-    async with serve(answer_case(case)) as server, client_for(server) as cp:
+async def test_endpoint_sends_method_path_and_exact_body(loopback: Any, case: Case) -> None:
+    server = await loopback(answer_case(case))
+    async with server.client() as cp:
         result = await case.call(cp)
     assert len(server.received) == 1
     got = server.last
@@ -447,13 +447,13 @@ async def test_endpoint_sends_method_path_and_exact_body(case: Case) -> None:
     assert result == case.expect
 
 
-async def test_base_url_path_prefix_is_kept_and_trailing_slash_ignored() -> None:
-    async with serve() as server:
-        cp = ControlPlane(Config(base_url=server.url + "/api/"), "1.2.3")
-        async with cp:
-            await cp.deregister("n1")
-            await cp.get_json("/v2/thing")
-            await cp.get_json("v2/other")
+async def test_base_url_path_prefix_is_kept_and_trailing_slash_ignored(loopback: Any) -> None:
+    server = await loopback()
+    cp = ControlPlane(Config(base_url=server.url + "/api/"), "1.2.3")
+    async with cp:
+        await cp.deregister("n1")
+        await cp.get_json("/v2/thing")
+        await cp.get_json("v2/other")
     assert [r.raw_path for r in server.received] == [
         "/api/v1/nodes/n1/deregister",
         "/api/v2/thing",
@@ -461,20 +461,24 @@ async def test_base_url_path_prefix_is_kept_and_trailing_slash_ignored() -> None
     ]
 
 
-async def test_a_path_leading_out_of_the_base_url_path_is_refused() -> None:
-    async with serve() as server, ControlPlane(Config(base_url=server.url + "/api"), "1") as cp:
+async def test_a_path_leading_out_of_the_base_url_path_is_refused(loopback: Any) -> None:
+    server = await loopback()
+    async with ControlPlane(Config(base_url=server.url + "/api"), "1") as cp:
         with pytest.raises(ArgumentError, match="out of the base URL"):
             await cp.get_json("../v2/thing")
     assert server.received == []
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204])
-async def test_a_none_response_endpoint_accepts_any_2xx_and_ignores_the_body(status: int) -> None:
+async def test_a_none_response_endpoint_accepts_any_2xx_and_ignores_the_body(
+    loopback: Any, status: int
+) -> None:
     async def answer(request: web.Request) -> web.StreamResponse:
         body = None if status == 204 else b"<html>not json</html>"
         return web.Response(status=status, body=body, content_type="text/html")
 
-    async with serve(answer) as server, client_for(server) as cp:
+    server = await loopback(answer)
+    async with server.client() as cp:
         assert await cp.report_drift("n1", DriftReport()) is None
         assert await cp.deregister("n1") is None
 
@@ -497,8 +501,11 @@ AWKWARD_IDS = {
 
 
 @pytest.mark.parametrize(("value", "encoded"), AWKWARD_IDS.items(), ids=AWKWARD_IDS.keys())
-async def test_path_parameters_are_percent_encoded_as_one_segment(value: str, encoded: str) -> None:
-    async with serve() as server, client_for(server) as cp:
+async def test_path_parameters_are_percent_encoded_as_one_segment(
+    loopback: Any, value: str, encoded: str
+) -> None:
+    server = await loopback()
+    async with server.client() as cp:
         await cp.heartbeat(value, HeartbeatRequest())
         await cp.fetch_secret(value, value)
         await cp.ack_execution(value, value, ExecutionAck())
@@ -517,8 +524,9 @@ async def test_path_parameters_are_percent_encoded_as_one_segment(value: str, en
     ]
 
 
-async def test_empty_path_parameter_is_refused_before_sending() -> None:
-    async with serve() as server, client_for(server) as cp:
+async def test_empty_path_parameter_is_refused_before_sending(loopback: Any) -> None:
+    server = await loopback()
+    async with server.client() as cp:
         with pytest.raises(ValueError, match="node_id"):
             await cp.heartbeat("", HeartbeatRequest())
         with pytest.raises(ValueError, match="key"):
@@ -529,7 +537,7 @@ async def test_empty_path_parameter_is_refused_before_sending() -> None:
 # --- request bodies over 1 KiB are gzip-compressed ----------------------------------
 
 
-async def test_body_over_1024_bytes_is_gzipped_with_content_length() -> None:
+async def test_body_over_1024_bytes_is_gzipped_with_content_length(loopback: Any) -> None:
     entries = [LogEntry(timestamp=T0, message=f"line {i}", hostname="h1") for i in range(40)]
     expected = (
         b"["
@@ -544,7 +552,8 @@ async def test_body_over_1024_bytes_is_gzipped_with_content_length() -> None:
         + b"]"
     )
     assert len(expected) > 1024
-    async with serve() as server, client_for(server) as cp:
+    server = await loopback()
+    async with server.client() as cp:
         await cp.report_logs("n1", entries)
     got = server.last
     assert got.headers["Content-Encoding"] == "gzip"
@@ -555,11 +564,12 @@ async def test_body_over_1024_bytes_is_gzipped_with_content_length() -> None:
     assert len(got.body) < len(expected)
 
 
-async def test_body_of_exactly_1024_bytes_is_sent_plain() -> None:
+async def test_body_of_exactly_1024_bytes_is_sent_plain(loopback: Any) -> None:
     prefix = b'{"node_id":"'
     suffix = b'","new_public_key":""}'
     node_id = "n" * (1024 - len(prefix) - len(suffix))
-    async with serve() as server, client_for(server) as cp:
+    server = await loopback()
+    async with server.client() as cp:
         await cp.post_json("/v1/keys/rotate", KeyRotateRequest(node_id=node_id))
         await cp.post_json("/v1/keys/rotate", KeyRotateRequest(node_id=node_id + "n"))
     plain, compressed = server.received

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import gzip
+import ssl
 import threading
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
@@ -19,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from _servers import Server, client_for, serve, server_tls
 from plexd.api import (
     ArgumentError,
     Config,
@@ -65,22 +65,29 @@ def answer_with(
 
 
 @pytest.mark.parametrize("body", [DEEP, DEEP_CLOSED], ids=["unclosed", "closed"])
-async def test_deeply_nested_json_from_get_json_is_a_response_error(body: bytes) -> None:
-    async with serve(answer_with(body)) as server, client_for(server) as cp:
+async def test_deeply_nested_json_from_get_json_is_a_response_error(
+    loopback: Any, body: bytes
+) -> None:
+    server = await loopback(answer_with(body))
+    async with server.client() as cp:
         with pytest.raises(ResponseError, match="not valid JSON"):
             await cp.get_json("/anything")
 
 
-async def test_deeply_nested_json_under_an_unknown_key_of_a_typed_endpoint() -> None:
+async def test_deeply_nested_json_under_an_unknown_key_of_a_typed_endpoint(loopback: Any) -> None:
     body = b'{"peers": [], "unknown": ' + DEEP_CLOSED + b"}"
-    async with serve(answer_with(body)) as server, client_for(server) as cp:
+    server = await loopback(answer_with(body))
+    async with server.client() as cp:
         with pytest.raises(ResponseError):
             await cp.fetch_state(NODE)
 
 
-async def test_deeply_nested_problem_json_keeps_the_status_error_with_the_body_unparsed() -> None:
+async def test_deeply_nested_problem_json_keeps_the_status_error_with_the_body_unparsed(
+    loopback: Any,
+) -> None:
     handler = answer_with(DEEP, status=503, content_type="application/problem+json")
-    async with serve(handler) as server, client_for(server) as cp:
+    server = await loopback(handler)
+    async with server.client() as cp:
         with pytest.raises(ServerError) as info:
             await cp.ping()
     assert info.value.status_code == 503
@@ -113,7 +120,7 @@ class Collector:
             self.manager.shutdown()
 
 
-async def run_manager(server: Server, expected: int, idle_timeout: float = 5) -> list[str]:
+async def run_manager(server: Any, expected: int, idle_timeout: float = 5) -> list[str]:
     config = Config(base_url=server.url, sse_idle_timeout=idle_timeout)
     async with ControlPlane(config, "test") as cp:
         manager = SSEManager(cp, Ed25519Verifier(PUBLIC_KEY))
@@ -134,7 +141,9 @@ async def event_stream(
     return response
 
 
-async def test_a_503_with_deep_problem_json_on_the_events_endpoint_is_retried() -> None:
+async def test_a_503_with_deep_problem_json_on_the_events_endpoint_is_retried(
+    loopback: Any,
+) -> None:
     answers = 0
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -145,8 +154,8 @@ async def test_a_503_with_deep_problem_json_on_the_events_endpoint_is_retried() 
             return web.Response(status=503, body=DEEP, headers=headers)
         return await event_stream(request, signed_event(1))
 
-    async with serve(handler) as server:
-        assert await run_manager(server, 1) == ["evt-1"]
+    server = await loopback(handler)
+    assert await run_manager(server, 1) == ["evt-1"]
     assert answers == 2
 
 
@@ -205,8 +214,11 @@ def test_a_python_value_nested_too_deep_for_json_is_an_argument_error() -> None:
         raw_json(object())
 
 
-async def test_a_request_body_nested_too_deep_is_an_argument_error_before_sending() -> None:
-    async with serve() as server, client_for(server) as cp:
+async def test_a_request_body_nested_too_deep_is_an_argument_error_before_sending(
+    loopback: Any,
+) -> None:
+    server = await loopback()
+    async with server.client() as cp:
         with pytest.raises(ArgumentError, match="nested too deep"):
             await cp.post_json("/x", nested_list(5000))
         with pytest.raises(ArgumentError, match="cannot encode"):
@@ -234,8 +246,9 @@ def test_a_token_that_cannot_be_a_header_is_refused_without_echoing_it(
     assert "secret-" not in str(info.value) and "secret-" not in repr(info.value)
 
 
-async def test_a_refused_token_leaves_the_previous_one_in_use() -> None:
-    async with serve() as server, client_for(server) as cp:
+async def test_a_refused_token_leaves_the_previous_one_in_use(loopback: Any) -> None:
+    server = await loopback()
+    async with server.client() as cp:
         cp.set_auth_token("good")
         with pytest.raises(ConfigError):
             cp.set_auth_token("bad\r\nX-Injected: 1")
@@ -244,8 +257,9 @@ async def test_a_refused_token_leaves_the_previous_one_in_use() -> None:
     assert "X-Injected" not in server.last.headers
 
 
-async def test_an_unsendable_last_event_id_is_an_argument_error() -> None:
-    async with serve() as server, client_for(server) as cp:
+async def test_an_unsendable_last_event_id_is_an_argument_error(loopback: Any) -> None:
+    server = await loopback()
+    async with server.client() as cp:
         with pytest.raises(ArgumentError, match="last_event_id"):
             async with cp.connect_sse(NODE, "a\x0bb"):
                 pass
@@ -253,7 +267,7 @@ async def test_an_unsendable_last_event_id_is_an_argument_error() -> None:
 
 
 async def test_empty_or_wrongly_typed_ids_are_argument_errors() -> None:
-    async with client_for("http://127.0.0.1:9") as cp:
+    async with ControlPlane(Config(base_url="http://127.0.0.1:9"), "1.2.3") as cp:
         with pytest.raises(ArgumentError, match="node_id"):
             await cp.fetch_state("")
         with pytest.raises(ArgumentError, match="node_id"):
@@ -290,14 +304,16 @@ def test_tls_handshake_limit_below_zero_is_an_argument_error() -> None:
 
 
 @contextlib.contextmanager
-def server_in_a_thread(tls: bool) -> Iterator[str]:
+def server_in_a_thread(
+    serve_loopback: Any, ssl_context: ssl.SSLContext | None = None
+) -> Iterator[str]:
     """A loopback server on its own loop and thread, so that it outlives asyncio.run()."""
     loop = asyncio.new_event_loop()
     started: asyncio.Future[str] = loop.create_future()
     stop = asyncio.Event()
 
     async def run() -> None:
-        async with serve(ssl_context=server_tls() if tls else None) as server:
+        async with serve_loopback(ssl_context=ssl_context) as server:
             started.set_result(server.url)
             await stop.wait()
 
@@ -316,11 +332,11 @@ async def _result(future: asyncio.Future[str]) -> str:
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
-def test_a_client_used_from_a_second_event_loop_raises_event_loop_error(tls: bool) -> None:
-    from _servers import client_tls_trusting_test_ca
-
-    with server_in_a_thread(tls) as url:
-        ssl_context = client_tls_trusting_test_ca() if tls else None
+def test_a_client_used_from_a_second_event_loop_raises_event_loop_error(
+    serve_loopback: Any, tls_contexts: Any, tls: bool
+) -> None:
+    with server_in_a_thread(serve_loopback, tls_contexts.server() if tls else None) as url:
+        ssl_context = tls_contexts.client() if tls else None
         cp = ControlPlane(Config(base_url=url), "test", ssl_context=ssl_context)
         asyncio.run(cp.ping())  # leaves a pooled keep-alive connection behind
         with pytest.raises(EventLoopError, match="first used on"):
@@ -333,8 +349,10 @@ def test_a_client_used_from_a_second_event_loop_raises_event_loop_error(tls: boo
         gc.collect()
 
 
-def test_a_client_closed_from_another_loop_while_its_own_runs_in_a_thread() -> None:
-    with server_in_a_thread(tls=False) as url:
+def test_a_client_closed_from_another_loop_while_its_own_runs_in_a_thread(
+    serve_loopback: Any,
+) -> None:
+    with server_in_a_thread(serve_loopback) as url:
         cp = ControlPlane(Config(base_url=url), "test")
         owner = asyncio.new_event_loop()
         thread = threading.Thread(target=owner.run_forever)
@@ -351,11 +369,12 @@ def test_a_client_closed_from_another_loop_while_its_own_runs_in_a_thread() -> N
 # --- event streams: silent, encoded ---------------------------------------------------
 
 
-async def test_iter_chunks_of_a_silent_stream_ends_with_the_idle_timeout() -> None:
+async def test_iter_chunks_of_a_silent_stream_ends_with_the_idle_timeout(loopback: Any) -> None:
     async def silent(request: web.Request) -> web.StreamResponse:
         return await event_stream(request, b": hello\n\n")
 
-    async with serve(silent) as server, client_for(server, sse_idle_timeout=0.2) as cp:
+    server = await loopback(silent)
+    async with server.client(sse_idle_timeout=0.2) as cp:
         chunks = []
         with pytest.raises(SSEIdleTimeoutError):
             async with asyncio.timeout(10), cp.connect_sse(NODE) as stream:
@@ -387,7 +406,9 @@ ENCODED_STREAMS = {
 
 
 @pytest.mark.parametrize("name", list(ENCODED_STREAMS))
-async def test_an_encoded_event_stream_is_decoded_through_the_manager(name: str) -> None:
+async def test_an_encoded_event_stream_is_decoded_through_the_manager(
+    loopback: Any, name: str
+) -> None:
     coding, encode = ENCODED_STREAMS[name]
     body = encode([signed_event(n) for n in range(1, 4)])
 
@@ -402,8 +423,8 @@ async def test_an_encoded_event_stream_is_decoded_through_the_manager(name: str)
         await asyncio.sleep(3600)
         return response
 
-    async with serve(handler) as server:
-        assert await run_manager(server, 3) == ["evt-1", "evt-2", "evt-3"]
+    server = await loopback(handler)
+    assert await run_manager(server, 3) == ["evt-1", "evt-2", "evt-3"]
 
 
 @pytest.mark.parametrize(
@@ -416,25 +437,29 @@ async def test_an_encoded_event_stream_is_decoded_through_the_manager(name: str)
     ],
     ids=["unknown-coding", "bad-gzip", "bad-deflate", "garbage-after-gzip"],
 )
-async def test_an_undecodable_event_stream_is_a_protocol_error(coding: str, body: bytes) -> None:
+async def test_an_undecodable_event_stream_is_a_protocol_error(
+    loopback: Any, coding: str, body: bytes
+) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         return await event_stream(request, body, {"Content-Encoding": coding})
 
-    async with serve(handler) as server, client_for(server) as cp:
+    server = await loopback(handler)
+    async with server.client() as cp:
         with pytest.raises(SSEProtocolError):
             async with asyncio.timeout(10), cp.connect_sse(NODE) as stream:
                 async for _ in stream.iter_chunks():
                     pass
 
 
-async def test_a_gzip_bomb_on_the_event_stream_arrives_in_bounded_pieces() -> None:
+async def test_a_gzip_bomb_on_the_event_stream_arrives_in_bounded_pieces(loopback: Any) -> None:
     comment = b":" + b"x" * (8 * 1024 * 1024) + b"\n\n"
     body = gzip.compress(comment, compresslevel=9)
 
     async def handler(request: web.Request) -> web.StreamResponse:
         return await event_stream(request, body, {"Content-Encoding": "gzip"})
 
-    async with serve(handler) as server, client_for(server, sse_idle_timeout=0.5) as cp:
+    server = await loopback(handler)
+    async with server.client(sse_idle_timeout=0.5) as cp:
         sizes = []
         with pytest.raises(SSEIdleTimeoutError):
             async with asyncio.timeout(10), cp.connect_sse(NODE) as stream:

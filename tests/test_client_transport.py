@@ -12,21 +12,12 @@ import struct
 import threading
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from _servers import (
-    Server,
-    client_for,
-    client_tls_trusting_test_ca,
-    full_backlog_listener,
-    raw_response_server,
-    serve,
-    server_tls,
-    silent_tcp_server,
-)
 from plexd.api import (
     APIConnectionError,
     APIError,
@@ -48,8 +39,9 @@ JSON_CALL_HEADERS = {"Host", "User-Agent", "Accept", "Accept-Encoding"}
 # --- headers ---------------------------------------------------------------------
 
 
-async def test_json_call_with_body_sends_exactly_the_documented_headers() -> None:
-    async with serve() as server, client_for(server) as cp:
+async def test_json_call_with_body_sends_exactly_the_documented_headers(loopback: Any) -> None:
+    server = await loopback()
+    async with server.client() as cp:
         cp.set_auth_token("tok-1")
         await cp.heartbeat("n1", HeartbeatRequest(node_id="n1"))
     headers = server.last.headers
@@ -62,8 +54,9 @@ async def test_json_call_with_body_sends_exactly_the_documented_headers() -> Non
     assert headers["Content-Length"] == str(len(server.last.body))
 
 
-async def test_body_less_post_has_no_content_type() -> None:
-    async with serve() as server, client_for(server) as cp:
+async def test_body_less_post_has_no_content_type(loopback: Any) -> None:
+    server = await loopback()
+    async with server.client() as cp:
         await cp.deregister("n1")
     headers = server.last.headers
     assert set(headers) <= JSON_CALL_HEADERS | {"Content-Length"}
@@ -71,14 +64,16 @@ async def test_body_less_post_has_no_content_type() -> None:
     assert headers.get("Content-Length", "0") == "0"
 
 
-async def test_get_has_no_body_headers() -> None:
-    async with serve() as server, client_for(server) as cp:
+async def test_get_has_no_body_headers(loopback: Any) -> None:
+    server = await loopback()
+    async with server.client() as cp:
         await cp.fetch_state("n1")
     assert set(server.last.headers) == JSON_CALL_HEADERS
 
 
-async def test_no_authorization_header_without_a_token() -> None:
-    async with serve() as server, client_for(server) as cp:
+async def test_no_authorization_header_without_a_token(loopback: Any) -> None:
+    server = await loopback()
+    async with server.client() as cp:
         await cp.ping()
         cp.set_auth_token("tok-1")
         await cp.ping()
@@ -90,7 +85,7 @@ async def test_no_authorization_header_without_a_token() -> None:
     assert "Authorization" not in third.headers
 
 
-async def test_set_auth_token_from_other_threads_never_tears_a_header() -> None:
+async def test_set_auth_token_from_other_threads_never_tears_a_header(loopback: Any) -> None:
     tokens = [f"tok-{i}" for i in range(50)]
     stop = threading.Event()
 
@@ -100,7 +95,8 @@ async def test_set_auth_token_from_other_threads_never_tears_a_header() -> None:
                 cp.set_auth_token(token)
                 time.sleep(0)  # let the event loop's thread run between swaps
 
-    async with serve() as server, client_for(server) as cp:
+    server = await loopback()
+    async with server.client() as cp:
         cp.set_auth_token(tokens[0])
         threads = [threading.Thread(target=churn) for _ in range(2)]
         for thread in threads:
@@ -118,8 +114,9 @@ async def test_set_auth_token_from_other_threads_never_tears_a_header() -> None:
     assert sent[-1] == "Bearer final"
 
 
-async def test_streams_send_their_own_accept_and_ask_for_identity_encoding() -> None:
-    async with serve() as server, client_for(server) as cp:
+async def test_streams_send_their_own_accept_and_ask_for_identity_encoding(loopback: Any) -> None:
+    server = await loopback()
+    async with server.client() as cp:
         cp.set_auth_token("tok-1")
         async with cp.connect_sse("n1"):
             pass
@@ -142,19 +139,20 @@ async def test_streams_send_their_own_accept_and_ask_for_identity_encoding() -> 
 # --- TLS ---------------------------------------------------------------------------
 
 
-async def test_tls_verified_against_a_trusted_ca() -> None:
-    async with serve(ssl_context=server_tls()) as server:
-        cp = ControlPlane(
-            Config(base_url=server.url), "1.2.3", ssl_context=client_tls_trusting_test_ca()
-        )
-        async with cp:
-            await cp.heartbeat("n1", HeartbeatRequest())
+async def test_tls_verified_against_a_trusted_ca(tls_contexts: Any, loopback: Any) -> None:
+    server = await loopback(ssl_context=tls_contexts.server())
+    cp = ControlPlane(Config(base_url=server.url), "1.2.3", ssl_context=tls_contexts.client())
+    async with cp:
+        await cp.heartbeat("n1", HeartbeatRequest())
     assert server.url.startswith("https://")
     assert server.last.raw_path == "/v1/nodes/n1/heartbeat"
 
 
-async def test_untrusted_certificate_is_a_connection_error() -> None:
-    async with serve(ssl_context=server_tls()) as server, client_for(server) as cp:
+async def test_untrusted_certificate_is_a_connection_error(
+    tls_contexts: Any, loopback: Any
+) -> None:
+    server = await loopback(ssl_context=tls_contexts.server())
+    async with server.client() as cp:
         with pytest.raises(APIConnectionError) as info:
             await cp.ping()
     assert not isinstance(info.value, APITimeoutError)
@@ -163,27 +161,31 @@ async def test_untrusted_certificate_is_a_connection_error() -> None:
     assert server.received == []
 
 
-async def test_certificate_for_another_host_name_is_refused() -> None:
-    async with serve(ssl_context=server_tls()) as server:
-        port = server.url.rsplit(":", 1)[1]
-        cp = ControlPlane(
-            Config(base_url=f"https://localhost:{port}"),
-            "1.2.3",
-            ssl_context=client_tls_trusting_test_ca(),
-        )
-        async with cp:
-            with pytest.raises(APIConnectionError):
-                await cp.ping()
+async def test_certificate_for_another_host_name_is_refused(
+    tls_contexts: Any, loopback: Any
+) -> None:
+    server = await loopback(ssl_context=tls_contexts.server())
+    port = server.url.rsplit(":", 1)[1]
+    cp = ControlPlane(
+        Config(base_url=f"https://localhost:{port}"),
+        "1.2.3",
+        ssl_context=tls_contexts.client(),
+    )
+    async with cp:
+        with pytest.raises(APIConnectionError):
+            await cp.ping()
     assert server.received == []
 
 
-async def test_insecure_skip_verify_works_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+async def test_insecure_skip_verify_works_and_warns_once(
+    tls_contexts: Any, loopback: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
-    async with serve(ssl_context=server_tls()) as server:
-        cp = client_for(server, tls_insecure_skip_verify=True)
-        async with cp:
-            await cp.ping()
-            await cp.ping()
+    server = await loopback(ssl_context=tls_contexts.server())
+    cp = server.client(tls_insecure_skip_verify=True)
+    async with cp:
+        await cp.ping()
+        await cp.ping()
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1
     assert warnings[0].name == "plexd.api"
@@ -191,14 +193,16 @@ async def test_insecure_skip_verify_works_and_warns_once(caplog: pytest.LogCaptu
     assert len(server.received) == 2
 
 
-def test_verifying_client_is_warning_free(caplog: pytest.LogCaptureFixture) -> None:
+def test_verifying_client_is_warning_free(
+    tls_contexts: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     ControlPlane(Config(base_url="https://cp.example"), "1.2.3")
     # A given verifying context wins over tls_insecure_skip_verify.
     ControlPlane(
         Config(base_url="https://cp.example", tls_insecure_skip_verify=True),
         "1.2.3",
-        ssl_context=client_tls_trusting_test_ca(),
+        ssl_context=tls_contexts.client(),
     )
     assert caplog.records == []
 
@@ -223,26 +227,29 @@ def test_tls_context_verifies_and_requires_tls_1_2() -> None:
 # --- timeouts -------------------------------------------------------------------------
 
 
-async def test_connect_timeout_when_the_listener_never_accepts() -> None:
-    with full_backlog_listener() as address:
-        cp = client_for(f"http://{address}", connect_timeout=0.2, request_timeout=60)
-        async with cp:
-            with pytest.raises(APITimeoutError, match="connect") as info:
-                await cp.ping()
+async def test_connect_timeout_when_the_listener_never_accepts(full_backlog: Any) -> None:
+    config = Config(base_url=f"http://{full_backlog}", connect_timeout=0.2, request_timeout=60)
+    async with ControlPlane(config, "1.2.3") as cp:
+        with pytest.raises(APITimeoutError, match="connect") as info:
+            await cp.ping()
     assert isinstance(info.value.__cause__, aiohttp.ConnectionTimeoutError)
 
 
-async def test_connect_timeout_covers_a_tls_handshake_that_never_completes() -> None:
-    async with silent_tcp_server() as silent:
-        cp = client_for(f"https://{silent.address}", connect_timeout=0.2, request_timeout=60)
-        async with cp:
-            with pytest.raises(APITimeoutError, match="connect") as info:
-                await cp.ping()
+async def test_connect_timeout_covers_a_tls_handshake_that_never_completes(
+    silent_server: Any,
+) -> None:
+    url = f"https://{silent_server.address}"
+    config = Config(base_url=url, connect_timeout=0.2, request_timeout=60)
+    async with ControlPlane(config, "1.2.3") as cp:
+        with pytest.raises(APITimeoutError, match="connect") as info:
+            await cp.ping()
     assert isinstance(info.value.__cause__, aiohttp.ConnectionTimeoutError)
 
 
 @contextlib.asynccontextmanager
-async def stalling_server(send_head: bool) -> AsyncIterator[tuple[Server, asyncio.Event]]:
+async def stalling_server(
+    loopback: Any, send_head: bool
+) -> AsyncIterator[tuple[Any, asyncio.Event]]:
     """A server that stalls (before answering, or after half a body) until released."""
     release = asyncio.Event()
 
@@ -257,18 +264,18 @@ async def stalling_server(send_head: bool) -> AsyncIterator[tuple[Server, asynci
         await release.wait()
         return response
 
-    async with serve(stall) as server:
-        try:
-            yield server, release
-        finally:
-            release.set()
+    server = await loopback(stall)
+    try:
+        yield server, release
+    finally:
+        release.set()
 
 
 @pytest.mark.parametrize("send_head", [False, True], ids=["no-answer", "half-a-body"])
-async def test_request_timeout_bounds_the_whole_call(send_head: bool) -> None:
+async def test_request_timeout_bounds_the_whole_call(loopback: Any, send_head: bool) -> None:
     async with (
-        stalling_server(send_head) as (server, release),
-        client_for(server, request_timeout=0.2) as cp,
+        stalling_server(loopback, send_head) as (server, release),
+        server.client(request_timeout=0.2) as cp,
     ):
         with pytest.raises(APITimeoutError) as info:
             await cp.heartbeat("n1", HeartbeatRequest())
@@ -277,7 +284,7 @@ async def test_request_timeout_bounds_the_whole_call(send_head: bool) -> None:
     assert "POST /v1/nodes/n1/heartbeat" in str(info.value)
 
 
-async def test_sse_stream_is_not_cut_by_request_timeout() -> None:
+async def test_sse_stream_is_not_cut_by_request_timeout(loopback: Any) -> None:
     async def slow_events(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -286,16 +293,16 @@ async def test_sse_stream_is_not_cut_by_request_timeout() -> None:
         await response.write(b": second\n\n")
         return response
 
+    server = await loopback(slow_events)
     async with (
-        serve(slow_events) as server,
-        client_for(server, request_timeout=0.2) as cp,
+        server.client(request_timeout=0.2) as cp,
         cp.connect_sse("n1") as stream,
     ):
         body = b"".join([chunk async for chunk in stream.iter_chunks()])
     assert body == b": first\n\n: second\n\n"
 
 
-async def test_artifact_read_that_stalls_times_out() -> None:
+async def test_artifact_read_that_stalls_times_out(loopback: Any) -> None:
     release = asyncio.Event()
 
     async def stall(request: web.Request) -> web.StreamResponse:
@@ -306,7 +313,8 @@ async def test_artifact_read_that_stalls_times_out() -> None:
         await release.wait()
         return response
 
-    async with serve(stall) as server, client_for(server, request_timeout=0.2) as cp:
+    server = await loopback(stall)
+    async with server.client(request_timeout=0.2) as cp:
         async with cp.fetch_artifact("1.4.0", "linux", "amd64") as artifact:
             assert artifact.content_length == 1000
             with pytest.raises(APITimeoutError):
@@ -319,21 +327,22 @@ async def test_artifact_read_that_stalls_times_out() -> None:
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
-async def test_redirect_is_not_followed_and_the_token_stays_home(status: int) -> None:
-    async with serve() as elsewhere:
+async def test_redirect_is_not_followed_and_the_token_stays_home(
+    loopback: Any, status: int
+) -> None:
+    elsewhere = await loopback()
 
-        async def redirect(request: web.Request) -> web.StreamResponse:
-            return web.Response(
-                status=status, headers={"Location": elsewhere.url + request.raw_path}
-            )
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, headers={"Location": elsewhere.url + request.raw_path})
 
-        async with serve(redirect) as server, client_for(server) as cp:
-            cp.set_auth_token("tok-1")
-            with pytest.raises(APIError) as info:
-                await cp.heartbeat("n1", HeartbeatRequest())
-            with pytest.raises(APIError):
-                async with cp.connect_sse("n1"):
-                    pass
+    server = await loopback(redirect)
+    async with server.client() as cp:
+        cp.set_auth_token("tok-1")
+        with pytest.raises(APIError) as info:
+            await cp.heartbeat("n1", HeartbeatRequest())
+        with pytest.raises(APIError):
+            async with cp.connect_sse("n1"):
+                pass
     assert type(info.value) is APIError
     assert info.value.status_code == status
     assert len(server.received) == 2
@@ -343,12 +352,13 @@ async def test_redirect_is_not_followed_and_the_token_stays_home(status: int) ->
 # --- concurrency and lifecycle ---------------------------------------------------------
 
 
-async def test_200_concurrent_calls_on_one_client() -> None:
+async def test_200_concurrent_calls_on_one_client(loopback: Any) -> None:
     async def echo(request: web.Request) -> web.StreamResponse:
         node_id = request.match_info["tail"].split("/")[2]
         return web.json_response({"reconcile": node_id.endswith("7"), "rotate_keys": True})
 
-    async with serve(echo) as server, client_for(server) as cp:
+    server = await loopback(echo)
+    async with server.client() as cp:
         answers = await asyncio.gather(
             *(cp.heartbeat(f"n{i}", HeartbeatRequest(node_id=f"n{i}")) for i in range(200))
         )
@@ -360,7 +370,7 @@ async def test_200_concurrent_calls_on_one_client() -> None:
     )
 
 
-async def wait_until_closed(server: Server) -> int:
+async def wait_until_closed(server: Any) -> int:
     """Let the server notice closed connections; returns how many are still open."""
     for _ in range(500):
         if server.open_connections == 0:
@@ -369,15 +379,15 @@ async def wait_until_closed(server: Server) -> int:
     return server.open_connections
 
 
-async def test_leaving_async_with_releases_every_connection() -> None:
-    async with serve() as server:
-        async with client_for(server) as cp:
-            await asyncio.gather(*(cp.ping() for _ in range(20)))
-            assert server.open_connections > 0
-        assert await wait_until_closed(server) == 0
-        with pytest.raises(PlexdError, match="closed"):
-            await cp.ping()
-        await cp.aclose()
+async def test_leaving_async_with_releases_every_connection(loopback: Any) -> None:
+    server = await loopback()
+    async with server.client() as cp:
+        await asyncio.gather(*(cp.ping() for _ in range(20)))
+        assert server.open_connections > 0
+    assert await wait_until_closed(server) == 0
+    with pytest.raises(PlexdError, match="closed"):
+        await cp.ping()
+    await cp.aclose()
 
 
 async def test_aclose_without_any_call_and_twice_is_fine() -> None:
@@ -386,7 +396,7 @@ async def test_aclose_without_any_call_and_twice_is_fine() -> None:
     await cp.aclose()
 
 
-async def test_leaving_a_stream_early_closes_its_connection() -> None:
+async def test_leaving_a_stream_early_closes_its_connection(loopback: Any) -> None:
     disconnected = asyncio.Event()
 
     async def endless(request: web.Request) -> web.StreamResponse:
@@ -400,7 +410,8 @@ async def test_leaving_a_stream_early_closes_its_connection() -> None:
             disconnected.set()
         return response
 
-    async with serve(endless) as server, client_for(server) as cp:
+    server = await loopback(endless)
+    async with server.client() as cp:
         async with cp.connect_sse("n1") as stream:
             assert stream.status == 200
             assert stream.headers["Content-Type"] == "text/event-stream"
@@ -411,30 +422,30 @@ async def test_leaving_a_stream_early_closes_its_connection() -> None:
         assert await wait_until_closed(server) == 0
 
 
-async def test_stream_error_status_is_mapped_on_entry() -> None:
+async def test_stream_error_status_is_mapped_on_entry(loopback: Any) -> None:
     async def refuse(request: web.Request) -> web.StreamResponse:
         return web.Response(status=401, text="token revoked")
 
-    async with serve(refuse) as server:
-        async with client_for(server) as cp:
-            with pytest.raises(UnauthorizedError, match="token revoked"):
-                async with cp.connect_sse("n1"):
-                    pytest.fail("entered the block of a 401 stream")
-            with pytest.raises(UnauthorizedError):
-                async with cp.fetch_artifact("1", "linux", "amd64"):
-                    pytest.fail("entered the block of a 401 download")
-        assert await wait_until_closed(server) == 0
+    server = await loopback(refuse)
+    async with server.client() as cp:
+        with pytest.raises(UnauthorizedError, match="token revoked"):
+            async with cp.connect_sse("n1"):
+                pytest.fail("entered the block of a 401 stream")
+        with pytest.raises(UnauthorizedError):
+            async with cp.fetch_artifact("1", "linux", "amd64"):
+                pytest.fail("entered the block of a 401 download")
+    assert await wait_until_closed(server) == 0
 
 
-async def test_artifact_streams_its_bytes() -> None:
+async def test_artifact_streams_its_bytes(loopback: Any) -> None:
     blob = bytes(range(256)) * 4096
 
     async def artifact(request: web.Request) -> web.StreamResponse:
         return web.Response(body=blob, content_type="application/octet-stream")
 
+    server = await loopback(artifact)
     async with (
-        serve(artifact) as server,
-        client_for(server) as cp,
+        server.client() as cp,
         cp.fetch_artifact("1.4.0", "linux", "amd64") as download,
     ):
         assert download.status == 200
@@ -454,7 +465,7 @@ def free_port() -> int:
 
 
 async def test_connection_refused_is_a_connection_error() -> None:
-    async with client_for(f"http://127.0.0.1:{free_port()}") as cp:
+    async with ControlPlane(Config(base_url=f"http://127.0.0.1:{free_port()}"), "1.2.3") as cp:
         with pytest.raises(APIConnectionError) as info:
             await cp.ping()
     assert isinstance(info.value.__cause__, aiohttp.ClientConnectorError)
@@ -462,7 +473,8 @@ async def test_connection_refused_is_a_connection_error() -> None:
 
 
 async def test_unknown_host_is_a_connection_error() -> None:
-    async with client_for("http://plexd-test.invalid", request_timeout=5) as cp:
+    config = Config(base_url="http://plexd-test.invalid", request_timeout=5)
+    async with ControlPlane(config, "1.2.3") as cp:
         with pytest.raises(APIConnectionError) as info:
             await cp.ping()
     assert isinstance(info.value.__cause__, aiohttp.ClientError | TimeoutError)
@@ -478,7 +490,7 @@ async def test_connection_reset_is_a_connection_error() -> None:
     server = await asyncio.start_server(reset, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        async with client_for(f"http://127.0.0.1:{port}") as cp:
+        async with ControlPlane(Config(base_url=f"http://127.0.0.1:{port}"), "1.2.3") as cp:
             with pytest.raises(APIConnectionError) as info:
                 await cp.heartbeat("n1", HeartbeatRequest())
     finally:
@@ -498,8 +510,9 @@ async def test_connection_reset_is_a_connection_error() -> None:
     ],
     ids=["garbage", "short-body", "cut-chunked", "closed"],
 )
-async def test_broken_http_is_a_connection_error(response: bytes) -> None:
-    async with raw_response_server(response) as address, client_for(f"http://{address}") as cp:
+async def test_broken_http_is_a_connection_error(raw_server: Any, response: bytes) -> None:
+    address = await raw_server(response)
+    async with ControlPlane(Config(base_url=f"http://{address}"), "1.2.3") as cp:
         with pytest.raises(APIConnectionError) as info:
             await cp.heartbeat("n1", HeartbeatRequest())
     assert isinstance(info.value.__cause__, aiohttp.ClientError | OSError | EOFError)
@@ -508,7 +521,9 @@ async def test_broken_http_is_a_connection_error(response: bytes) -> None:
 # --- secrets ----------------------------------------------------------------------------------
 
 
-async def test_no_secret_in_repr_str_or_log(caplog: pytest.LogCaptureFixture) -> None:
+async def test_no_secret_in_repr_str_or_log(
+    loopback: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
 
     async def answer(request: web.Request) -> web.StreamResponse:
@@ -524,16 +539,16 @@ async def test_no_secret_in_repr_str_or_log(caplog: pytest.LogCaptureFixture) ->
             return web.json_response({"key": "db", "ciphertext": "CIPHER-SECRET"})
         return web.Response(status=401, text="who are you")
 
-    async with serve(answer) as server:
-        cp = client_for(server, tls_insecure_skip_verify=True)
-        async with cp:
-            cp.set_auth_token("TOKEN-SECRET")
-            registered = await cp.register(RegisterRequest(token="BOOTSTRAP-SECRET"))
-            secret = await cp.fetch_secret("n1", "db")
-            with pytest.raises(UnauthorizedError) as info:
-                await cp.ping()
-            shown = [repr(cp), str(cp), repr(registered), str(registered), repr(secret)]
-            shown += [str(info.value), repr(info.value)]
+    server = await loopback(answer)
+    cp = server.client(tls_insecure_skip_verify=True)
+    async with cp:
+        cp.set_auth_token("TOKEN-SECRET")
+        registered = await cp.register(RegisterRequest(token="BOOTSTRAP-SECRET"))
+        secret = await cp.fetch_secret("n1", "db")
+        with pytest.raises(UnauthorizedError) as info:
+            await cp.ping()
+        shown = [repr(cp), str(cp), repr(registered), str(registered), repr(secret)]
+        shown += [str(info.value), repr(info.value)]
     assert registered.node_secret_key == "NODE-SECRET"
     assert secret.ciphertext == "CIPHER-SECRET"
     shown += [record.getMessage() for record in caplog.records]

@@ -1,7 +1,7 @@
 """EventSource's life: leaving it, closing it from any state, cancelling its caller, the
 statuses that end it, unsendable ids, the resume cursor and URL passwords.
 
-Real loopback servers (tests/_servers.py). "Promptly" is checked with hang guards only.
+Real loopback servers (conftest.py's fixtures). "Promptly" is checked with hang guards only.
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from _servers import Handler, Server, serve, silent_tcp_server
 from plexd.api._eventsource import EventSource
 from plexd.api._sse import SSEEvent
 from plexd.api.errors import (
@@ -30,6 +29,8 @@ from plexd.api.errors import (
 )
 
 HANG_GUARD = 5.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def stream(*parts: bytes, hold: bool = True, gap: float = 0.01) -> Handler:
@@ -125,8 +126,11 @@ MANY_EVENTS = b"".join(b"id: %d\ndata: %s\n\n" % (n, b"x" * 1000) for n in range
     ],
 )
 @pytest.mark.parametrize("then_await", [False, True])
-async def test_break_then_leaving_the_block_returns(handler: Handler, then_await: bool) -> None:
-    async with serve(handler) as server, promptly():
+async def test_break_then_leaving_the_block_returns(
+    loopback: Any, handler: Handler, then_await: bool
+) -> None:
+    server = await loopback(handler)
+    async with promptly():
         async with EventSource(server.url, reconnect_delay=0) as source:
             async for _event in source:
                 break
@@ -147,82 +151,82 @@ async def test_aclose_before_anything_started() -> None:
     await assert_nothing_left(source)
 
 
-async def test_aclose_during_a_connect_that_never_answers() -> None:
-    async with silent_tcp_server() as silent:
-        source = EventSource(f"http://{silent.address}/")
-        pending = asyncio.ensure_future(source.__anext__())
-        async with promptly():
-            await silent.wait_for_accepted(1)
-        assert source.ready_state == "connecting"
-        async with promptly():
-            await source.aclose()
-        with pytest.raises(StopAsyncIteration):
-            async with promptly():
-                await pending
-        await assert_nothing_left(source)
-
-
-async def test_aclose_during_a_redirect() -> None:
-    async with silent_tcp_server() as silent:
-        target = f"http://{silent.address}/there"
-        async with serve(status(307, {"Location": target})) as server:
-            source = EventSource(server.url)
-            pending = asyncio.ensure_future(source.__anext__())
-            # the first request was answered; the redirected one hangs
-            async with promptly():
-                await silent.wait_for_accepted(1)
-            async with promptly():
-                await source.aclose()
-            with pytest.raises(StopAsyncIteration):
-                async with promptly():
-                    await pending
-            await assert_nothing_left(source)
-
-
-async def test_aclose_while_waiting_to_reconnect() -> None:
-    got_error = asyncio.Event()
-    async with serve(status(500)) as server:
-        source = EventSource(server.url, reconnect_delay=30, on_error=lambda exc: got_error.set())
-        pending = asyncio.ensure_future(source.__anext__())
-        async with promptly():
-            await got_error.wait()
-        async with promptly():
-            await source.aclose()
-        with pytest.raises(StopAsyncIteration):
-            async with promptly():
-                await pending
-        await assert_nothing_left(source)
-        assert len(server.received) == 1
-
-
-async def test_aclose_after_a_204_and_iterating_after_aclose() -> None:
-    async with serve(status(204)) as server:
-        source = EventSource(server.url)
-        async with promptly():
-            assert [event async for event in source] == []
-        # the task ended on its own and closed its session
-        await assert_nothing_left(source)
+async def test_aclose_during_a_connect_that_never_answers(silent_server: Any) -> None:
+    source = EventSource(f"http://{silent_server.address}/")
+    pending = asyncio.ensure_future(source.__anext__())
+    async with promptly():
+        await silent_server.wait_for_accepted(1)
+    assert source.ready_state == "connecting"
+    async with promptly():
         await source.aclose()
+    with pytest.raises(StopAsyncIteration):
+        async with promptly():
+            await pending
+    await assert_nothing_left(source)
+
+
+async def test_aclose_during_a_redirect(silent_server: Any, loopback: Any) -> None:
+    target = f"http://{silent_server.address}/there"
+    server = await loopback(status(307, {"Location": target}))
+    source = EventSource(server.url)
+    pending = asyncio.ensure_future(source.__anext__())
+    # the first request was answered; the redirected one hangs
+    async with promptly():
+        await silent_server.wait_for_accepted(1)
+    async with promptly():
+        await source.aclose()
+    with pytest.raises(StopAsyncIteration):
+        async with promptly():
+            await pending
+    await assert_nothing_left(source)
+
+
+async def test_aclose_while_waiting_to_reconnect(loopback: Any) -> None:
+    got_error = asyncio.Event()
+    server = await loopback(status(500))
+    source = EventSource(server.url, reconnect_delay=30, on_error=lambda exc: got_error.set())
+    pending = asyncio.ensure_future(source.__anext__())
+    async with promptly():
+        await got_error.wait()
+    async with promptly():
+        await source.aclose()
+    with pytest.raises(StopAsyncIteration):
+        async with promptly():
+            await pending
+    await assert_nothing_left(source)
+    assert len(server.received) == 1
+
+
+async def test_aclose_after_a_204_and_iterating_after_aclose(loopback: Any) -> None:
+    server = await loopback(status(204))
+    source = EventSource(server.url)
+    async with promptly():
         assert [event async for event in source] == []
+    # the task ended on its own and closed its session
+    await assert_nothing_left(source)
+    await source.aclose()
+    assert [event async for event in source] == []
 
 
 # --- a cancellation of the caller always propagates (item 6) -----------------------------
 
 
-async def test_cancelling_a_task_inside_aclose_propagates() -> None:
-    async with serve(stream(MANY_EVENTS)) as server:
-        source = EventSource(server.url)
-        await take(source, 1)
-        closer = asyncio.ensure_future(source.aclose())
-        await asyncio.sleep(0)  # the closer now waits for the connection task
-        closer.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            async with promptly():
-                await closer
-        await assert_nothing_left(source)
+async def test_cancelling_a_task_inside_aclose_propagates(loopback: Any) -> None:
+    server = await loopback(stream(MANY_EVENTS))
+    source = EventSource(server.url)
+    await take(source, 1)
+    closer = asyncio.ensure_future(source.aclose())
+    await asyncio.sleep(0)  # the closer now waits for the connection task
+    closer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with promptly():
+            await closer
+    await assert_nothing_left(source)
 
 
-async def test_cancelling_a_task_inside_async_for_propagates_through_the_exit() -> None:
+async def test_cancelling_a_task_inside_async_for_propagates_through_the_exit(
+    loopback: Any,
+) -> None:
     inside = asyncio.Event()
     left = asyncio.Event()
 
@@ -232,20 +236,20 @@ async def test_cancelling_a_task_inside_async_for_propagates_through_the_exit() 
                 inside.set()
         left.set()  # never reached
 
-    async with serve(stream(b"data: a\n\n")) as server:
-        consumer = asyncio.ensure_future(consume(server.url))
+    server = await loopback(stream(b"data: a\n\n"))
+    consumer = asyncio.ensure_future(consume(server.url))
+    async with promptly():
+        await inside.wait()
+    await asyncio.sleep(0.05)  # the consumer waits for the next event
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
         async with promptly():
-            await inside.wait()
-        await asyncio.sleep(0.05)  # the consumer waits for the next event
-        consumer.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            async with promptly():
-                await consumer
-        assert not left.is_set()
-        await until(lambda: not event_source_tasks())
+            await consumer
+    assert not left.is_set()
+    await until(lambda: not event_source_tasks())
 
 
-async def test_cancelling_a_task_inside_the_exit_propagates() -> None:
+async def test_cancelling_a_task_inside_the_exit_propagates(loopback: Any) -> None:
     # The consumer leaves the block while the connection task is blocked on a full
     # queue; it is cancelled as soon as it is inside __aexit__.
     in_exit = asyncio.Event()
@@ -261,45 +265,43 @@ async def test_cancelling_a_task_inside_the_exit_propagates() -> None:
                 await asyncio.sleep(0.1)
                 break
 
-    async with serve(stream(MANY_EVENTS)) as server:
-        consumer = asyncio.ensure_future(consume(server.url))
+    server = await loopback(stream(MANY_EVENTS))
+    consumer = asyncio.ensure_future(consume(server.url))
+    async with promptly():
+        await in_exit.wait()
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
         async with promptly():
-            await in_exit.wait()
-        consumer.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            async with promptly():
-                await consumer
-        await until(lambda: not event_source_tasks())
+            await consumer
+    await until(lambda: not event_source_tasks())
 
 
 # --- statuses that end the iteration (item 8) ------------------------------------------
 
 
 @pytest.mark.parametrize("code", [400, 401, 403, 404, 405, 410, 413, 422, 451, 499])
-async def test_a_4xx_ends_the_iteration_with_that_error(code: int) -> None:
+async def test_a_4xx_ends_the_iteration_with_that_error(loopback: Any, code: int) -> None:
     errors: list[BaseException] = []
-    async with serve(status(code)) as server:
-        source = EventSource(server.url, reconnect_delay=0, on_error=errors.append)
-        with pytest.raises(APIError) as raised:
-            await take(source, 1)
-        assert raised.value.status_code == code
-        assert errors == [raised.value]  # on_error first, once, with the raised error
-        assert source.ready_state == "closed"
-        assert len(server.received) == 1
-        with pytest.raises(StopAsyncIteration):
-            await source.__anext__()
-        await source.aclose()
-        await assert_nothing_left(source)
+    server = await loopback(status(code))
+    source = EventSource(server.url, reconnect_delay=0, on_error=errors.append)
+    with pytest.raises(APIError) as raised:
+        await take(source, 1)
+    assert raised.value.status_code == code
+    assert errors == [raised.value]  # on_error first, once, with the raised error
+    assert source.ready_state == "closed"
+    assert len(server.received) == 1
+    with pytest.raises(StopAsyncIteration):
+        await source.__anext__()
+    await source.aclose()
+    await assert_nothing_left(source)
 
 
 @pytest.mark.parametrize("code", [408, 425, 429, 500, 502, 503, 504, 300])
-async def test_other_statuses_reconnect(code: int) -> None:
+async def test_other_statuses_reconnect(loopback: Any, code: int) -> None:
     errors: list[BaseException] = []
     handler = in_turn(status(code), stream(b"data: back\n\n"))
-    async with (
-        serve(handler) as server,
-        EventSource(server.url, reconnect_delay=0, on_error=errors.append) as source,
-    ):
+    server = await loopback(handler)
+    async with EventSource(server.url, reconnect_delay=0, on_error=errors.append) as source:
         [event] = await take(source, 1)
     assert event.data == "back"
     assert [type(e).__mro__[0] for e in errors] == [type(errors[0])]
@@ -307,16 +309,16 @@ async def test_other_statuses_reconnect(code: int) -> None:
     assert len(server.received) == 2
 
 
-async def test_not_found_raised_inside_async_with_and_the_exit_is_clean() -> None:
-    async with serve(status(404)) as server:
-        with pytest.raises(NotFoundError):
-            async with promptly(), EventSource(server.url) as source:
-                async for _event in source:
-                    pass
-        await assert_nothing_left(source)
+async def test_not_found_raised_inside_async_with_and_the_exit_is_clean(loopback: Any) -> None:
+    server = await loopback(status(404))
+    with pytest.raises(NotFoundError):
+        async with promptly(), EventSource(server.url) as source:
+            async for _event in source:
+                pass
+    await assert_nothing_left(source)
 
 
-async def test_a_stalled_error_body_is_bounded_by_the_read_timeout() -> None:
+async def test_a_stalled_error_body_is_bounded_by_the_read_timeout(loopback: Any) -> None:
     errors: list[BaseException] = []
 
     async def stalled_500(request: web.Request) -> web.StreamResponse:
@@ -327,12 +329,10 @@ async def test_a_stalled_error_body_is_bounded_by_the_read_timeout() -> None:
         return response
 
     handler = in_turn(stalled_500, stream(b"data: back\n\n"))
-    async with (
-        serve(handler) as server,
-        EventSource(
-            server.url, reconnect_delay=0, read_timeout=0.3, on_error=errors.append
-        ) as source,
-    ):
+    server = await loopback(handler)
+    async with EventSource(
+        server.url, reconnect_delay=0, read_timeout=0.3, on_error=errors.append
+    ) as source:
         [event] = await take(source, 1)
     assert event.data == "back"
     assert [type(e) for e in errors] == [APITimeoutError]
@@ -342,16 +342,17 @@ async def test_a_stalled_error_body_is_bounded_by_the_read_timeout() -> None:
 
 
 async def test_an_unsendable_id_is_skipped_as_a_cursor_and_the_stream_goes_on(
+    loopback: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     first = stream(b"id: 1\ndata: a\n\nid: a\x0bb\ndata: b\n\ndata: c\n\n", hold=False)
     handler = in_turn(first, stream(b"id: 9\ndata: d\n\n"))
     errors: list[BaseException] = []
-    async with serve(handler) as server:
-        with caplog.at_level(logging.WARNING, logger="plexd.api"):
-            async with EventSource(server.url, reconnect_delay=0, on_error=errors.append) as s:
-                events = await take(s, 4)
-                assert s.last_event_id == "9"
+    server = await loopback(handler)
+    with caplog.at_level(logging.WARNING, logger="plexd.api"):
+        async with EventSource(server.url, reconnect_delay=0, on_error=errors.append) as s:
+            events = await take(s, 4)
+            assert s.last_event_id == "9"
     # the events keep the ids the parser saw (WHATWG) ...
     assert [(e.id, e.data) for e in events] == [
         ("1", "a"),
@@ -367,9 +368,10 @@ async def test_an_unsendable_id_is_skipped_as_a_cursor_and_the_stream_goes_on(
     assert repr("a\x0bb") in warnings[0].getMessage()
 
 
-async def test_last_event_id_is_the_last_event_yielded() -> None:
+async def test_last_event_id_is_the_last_event_yielded(loopback: Any) -> None:
     body = b"id: 1\ndata: a\n\nid: 2\ndata: b\n\nid: 3\ndata: c\n\nid: 4\n\n"
-    async with serve(stream(body)) as server, EventSource(server.url) as source:
+    server = await loopback(stream(body))
+    async with EventSource(server.url) as source:
         [first] = await take(source, 1)
         # the events after it were read in the same chunk, but not handed out
         assert source.last_event_id == first.id == "1"
@@ -379,12 +381,10 @@ async def test_last_event_id_is_the_last_event_yielded() -> None:
     assert source.last_event_id == "3"
 
 
-async def test_an_id_only_block_moves_the_cursor() -> None:
+async def test_an_id_only_block_moves_the_cursor(loopback: Any) -> None:
     first = stream(b"id: 1\ndata: a\n\n", b"id: 7\n\n", hold=False)
-    async with (
-        serve(in_turn(first, stream(b"data: b\n\n"))) as server,
-        EventSource(server.url, reconnect_delay=0) as source,
-    ):
+    server = await loopback(in_turn(first, stream(b"data: b\n\n")))
+    async with EventSource(server.url, reconnect_delay=0) as source:
         events = await take(source, 2)
         assert source.last_event_id == "7"
     assert [(e.id, e.data) for e in events] == [("1", "a"), ("7", "b")]
@@ -436,21 +436,14 @@ def texts_of(error: BaseException) -> list[str]:
 
 
 @pytest.fixture
-async def failing_servers() -> AsyncIterator[dict[str, Server]]:
-    async with (
-        serve(status(500)) as five_hundred,
-        serve(status(302)) as bad_redirect,
-        serve(web_page) as not_a_stream,
-        serve(stream()) as silent_stream,
-        serve(status(404)) as not_found,
-    ):
-        yield {
-            "500": five_hundred,
-            "redirect": bad_redirect,
-            "content-type": not_a_stream,
-            "idle": silent_stream,
-            "404": not_found,
-        }
+async def failing_servers(loopback: Any) -> dict[str, Any]:
+    return {
+        "500": await loopback(status(500)),
+        "redirect": await loopback(status(302)),
+        "content-type": await loopback(web_page),
+        "idle": await loopback(stream()),
+        "404": await loopback(status(404)),
+    }
 
 
 async def web_page(request: web.Request) -> web.StreamResponse:
@@ -486,7 +479,7 @@ async def collect_errors(url: str) -> list[BaseException]:
 
 @pytest.mark.parametrize("case", ["500", "redirect", "content-type", "idle", "404", "refused"])
 async def test_a_url_password_never_shows(
-    failing_servers: dict[str, Server], case: str, caplog: pytest.LogCaptureFixture
+    failing_servers: dict[str, Any], case: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     if case == "refused":
         url = f"http://user:{SECRET}@127.0.0.1:9/events"
@@ -509,18 +502,19 @@ async def test_a_url_password_never_shows(
 
 
 async def test_a_password_in_a_redirect_location_never_shows(
+    loopback: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     errors: list[BaseException] = []
     location = f"ftp://other:{SECRET}@example.com/x"
-    async with serve(status(307, {"Location": location})) as server:
-        with caplog.at_level(logging.DEBUG):
-            source = EventSource(server.url, reconnect_delay=10, on_error=errors.append)
-            pending = asyncio.ensure_future(source.__anext__())
-            await until(lambda: bool(errors))
-            await source.aclose()
-            with pytest.raises(StopAsyncIteration):
-                await pending
+    server = await loopback(status(307, {"Location": location}))
+    with caplog.at_level(logging.DEBUG):
+        source = EventSource(server.url, reconnect_delay=10, on_error=errors.append)
+        pending = asyncio.ensure_future(source.__anext__())
+        await until(lambda: bool(errors))
+        await source.aclose()
+        with pytest.raises(StopAsyncIteration):
+            await pending
     assert isinstance(errors[0], SSEProtocolError)
     assert "***" in str(errors[0])
     assert all(SECRET not in text for text in texts_of(errors[0]))

@@ -8,12 +8,12 @@ from __future__ import annotations
 import base64
 import traceback
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import pytest
 
-from _servers import client_for, raw_response_server
-from plexd.api import APIConnectionError, PlexdError
+from plexd.api import APIConnectionError, Config, ControlPlane, PlexdError
 from plexd.api._http import TRANSPORT_ERRORS, map_transport_error
 
 TOKEN = "tok-5ecret-a1b2c3d4"
@@ -60,11 +60,11 @@ def assert_no_secret(exc: BaseException, *secrets: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(MALFORMED))
-async def test_a_malformed_response_leaves_no_token_in_the_exception_chain(name: str) -> None:
-    async with (
-        raw_response_server(MALFORMED[name]) as address,
-        client_for(f"http://{address}") as cp,
-    ):
+async def test_a_malformed_response_leaves_no_token_in_the_exception_chain(
+    raw_server: Any, name: str
+) -> None:
+    address = await raw_server(MALFORMED[name])
+    async with ControlPlane(Config(base_url=f"http://{address}"), "1.2.3") as cp:
         cp.set_auth_token(TOKEN)
         with pytest.raises(PlexdError) as info:
             if name.startswith("stream"):
@@ -80,11 +80,9 @@ async def test_a_malformed_response_leaves_no_token_in_the_exception_chain(name:
     assert "/v1/" in str(info.value)
 
 
-async def test_the_scrubbed_request_info_keeps_what_is_not_secret() -> None:
-    async with (
-        raw_response_server(MALFORMED["bad-status-line"]) as address,
-        client_for(f"http://{address}") as cp,
-    ):
+async def test_the_scrubbed_request_info_keeps_what_is_not_secret(raw_server: Any) -> None:
+    address = await raw_server(MALFORMED["bad-status-line"])
+    async with ControlPlane(Config(base_url=f"http://{address}"), "1.2.3") as cp:
         cp.set_auth_token(TOKEN)
         with pytest.raises(APIConnectionError) as info:
             await cp.ping()
@@ -96,20 +94,20 @@ async def test_the_scrubbed_request_info_keeps_what_is_not_secret() -> None:
     assert info.value.__context__ is cause
 
 
-async def test_a_url_password_is_scrubbed_from_a_transport_error() -> None:
+async def test_a_url_password_is_scrubbed_from_a_transport_error(raw_server: Any) -> None:
     # EventSource maps its transport errors through the same function; its URL may
     # carry user:password (aiohttp turns it into Basic authorization).
-    async with raw_response_server(MALFORMED["bad-status-line"]) as address:
-        url = f"http://user:{PASSWORD}@{address}/events"
-        async with aiohttp.ClientSession() as session:
+    address = await raw_server(MALFORMED["bad-status-line"])
+    url = f"http://user:{PASSWORD}@{address}/events"
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.get(url):
+                pass
+        except TRANSPORT_ERRORS as exc:
+            mapped = map_transport_error(exc, "GET /events")
             try:
-                async with session.get(url):
-                    pass
-            except TRANSPORT_ERRORS as exc:
-                mapped = map_transport_error(exc, "GET /events")
-                try:
-                    raise mapped from exc
-                except PlexdError as raised:
-                    error = raised
+                raise mapped from exc
+            except PlexdError as raised:
+                error = raised
     basic = base64.b64encode(f"user:{PASSWORD}".encode()).decode()
     assert_no_secret(error, PASSWORD, basic)

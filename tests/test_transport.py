@@ -6,20 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
 from aiohttp import web
 
-from _servers import (
-    Handler,
-    Server,
-    client_tls_trusting_test_ca,
-    serve,
-    server_tls,
-    silent_tcp_server,
-)
 from plexd.api import APITimeoutError, Config, ControlPlane
 from plexd.api._transport import (
     TLS_HANDSHAKE_LIMIT,
@@ -35,21 +27,18 @@ def handshake_limit() -> Iterator[None]:
     set_tls_handshake_limit(TLS_HANDSHAKE_LIMIT)
 
 
-def tls_client(server: Server | str, context: ssl.SSLContext | None = None) -> ControlPlane:
-    """A client trusting the test CA (or using ``context``), patient when connecting."""
-    url = server.url if isinstance(server, Server) else server
-    return ControlPlane(
-        Config(base_url=url, connect_timeout=30),
-        "1.2.3",
-        ssl_context=context or client_tls_trusting_test_ca(),
-    )
+def tls_client(url: str, context: ssl.SSLContext) -> ControlPlane:
+    """A client of ``url`` with SSL ``context``, patient when connecting."""
+    return ControlPlane(Config(base_url=url, connect_timeout=30), "1.2.3", ssl_context=context)
 
 
 @contextlib.asynccontextmanager
-async def pinging(url: str, count: int) -> AsyncIterator[list[asyncio.Task[None]]]:
-    """``count`` clients of ``url`` each pinging it in the background until the block ends;
-    yields the pings."""
-    clients = [tls_client(url) for _ in range(count)]
+async def pinging(
+    tls_contexts: Any, url: str, count: int
+) -> AsyncIterator[list[asyncio.Task[None]]]:
+    """``count`` clients of ``url`` (trusting the test CA) each pinging it in the background
+    until the block ends; yields the pings."""
+    clients = [tls_client(url, tls_contexts.client()) for _ in range(count)]
     pings = [asyncio.create_task(client.ping()) for client in clients]
     try:
         yield pings
@@ -61,7 +50,9 @@ async def pinging(url: str, count: int) -> AsyncIterator[list[asyncio.Task[None]
             await client.aclose()
 
 
-def event_stream(release: asyncio.Event) -> Handler:
+def event_stream(
+    release: asyncio.Event,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """A handler that sends one event and keeps the stream open until ``release`` is set."""
 
     async def stream_one_event(request: web.Request) -> web.StreamResponse:
@@ -77,28 +68,28 @@ def event_stream(release: asyncio.Event) -> Handler:
 # --- read buffer ----------------------------------------------------------------
 
 
-async def test_tls_connections_of_one_loop_share_one_read_buffer() -> None:
+async def test_tls_connections_of_one_loop_share_one_read_buffer(
+    tls_contexts: Any, loopback: Any
+) -> None:
     # asyncio would give every TLS connection its own 256 KiB read buffer.
-    async with serve(ssl_context=server_tls()) as server:
-        port = int(server.url.rsplit(":", 1)[1])
-        streams = []
-        for _ in range(3):
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=client_tls_trusting_test_ca()
-            )
-            share_tls_read_buffer(writer.transport)
-            streams.append((reader, writer))
-        buffers = {
-            id(writer.transport._ssl_protocol._ssl_buffer)  # type: ignore[attr-defined]
-            for _, writer in streams
-        }
-        for _, writer in streams:
-            writer.write(b"GET /v1/ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        # every connection still reads its own answer through the shared buffer
-        replies = [await reader.read() for reader, _ in streams]
-        for _, writer in streams:
-            writer.close()
-            await writer.wait_closed()
+    server = await loopback(ssl_context=tls_contexts.server())
+    port = int(server.url.rsplit(":", 1)[1])
+    streams = []
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls_contexts.client())
+        share_tls_read_buffer(writer.transport)
+        streams.append((reader, writer))
+    buffers = {
+        id(writer.transport._ssl_protocol._ssl_buffer)  # type: ignore[attr-defined]
+        for _, writer in streams
+    }
+    for _, writer in streams:
+        writer.write(b"GET /v1/ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    # every connection still reads its own answer through the shared buffer
+    replies = [await reader.read() for reader, _ in streams]
+    for _, writer in streams:
+        writer.close()
+        await writer.wait_closed()
     assert len(buffers) == 1
     assert all(reply.startswith(b"HTTP/1.1 200") for reply in replies)
 
@@ -116,16 +107,18 @@ class RecordingSSLObject(ssl.SSLObject):
         return super().write(data)
 
 
-async def test_an_event_stream_frees_the_tls_write_buffer_once_its_head_arrives() -> None:
+async def test_an_event_stream_frees_the_tls_write_buffer_once_its_head_arrives(
+    tls_contexts: Any, loopback: Any
+) -> None:
     # The server's TLS 1.3 session tickets made OpenSSL set up a 16 KiB write buffer;
     # an event stream never writes again, so the client makes one empty write.
-    context = client_tls_trusting_test_ca()
+    context = tls_contexts.client()
     context.sslobject_class = RecordingSSLObject
     RecordingSSLObject.writes = []
     release = asyncio.Event()
+    server = await loopback(event_stream(release), ssl_context=tls_contexts.server())
     async with (
-        serve(event_stream(release), ssl_context=server_tls()) as server,
-        tls_client(server, context) as cp,
+        tls_client(server.url, context) as cp,
         cp.connect_sse("n1") as stream,
     ):
         first = await stream.read_chunk(5)
@@ -138,53 +131,62 @@ async def test_an_event_stream_frees_the_tls_write_buffer_once_its_head_arrives(
 # --- handshake queue ------------------------------------------------------------
 
 
-async def test_tls_set_ups_to_one_server_wait_for_a_free_slot(handshake_limit: None) -> None:
+async def test_tls_set_ups_to_one_server_wait_for_a_free_slot(
+    silent_server: Any, tls_contexts: Any, handshake_limit: None
+) -> None:
     set_tls_handshake_limit(2)
-    async with silent_tcp_server() as stalled, pinging(f"https://{stalled.address}", 4):
-        await stalled.wait_for_accepted(2)
+    async with pinging(tls_contexts, f"https://{silent_server.address}", 4):
+        await silent_server.wait_for_accepted(2)
         await asyncio.sleep(0.2)  # room for a connection that should not come
-        accepted_while_stalled = stalled.accepted
+        accepted_while_stalled = silent_server.accepted
     assert accepted_while_stalled == 2
 
 
 async def test_a_stalled_server_does_not_hold_up_set_ups_to_another(
+    silent_server: Any,
+    tls_contexts: Any,
+    loopback: Any,
     handshake_limit: None,
 ) -> None:
     set_tls_handshake_limit(1)
+    healthy = await loopback(ssl_context=tls_contexts.server())
     async with (
-        silent_tcp_server() as stalled,
-        serve(ssl_context=server_tls()) as healthy,
-        tls_client(healthy) as healthy_client,
-        pinging(f"https://{stalled.address}", 1) as stuck,
+        tls_client(healthy.url, tls_contexts.client()) as healthy_client,
+        pinging(tls_contexts, f"https://{silent_server.address}", 1) as stuck,
     ):
-        await stalled.wait_for_accepted(1)
+        await silent_server.wait_for_accepted(1)
         await asyncio.wait_for(healthy_client.ping(), 10)
         assert not stuck[0].done()
     assert healthy.last.raw_path == "/v1/ping"
 
 
 async def test_waiting_for_a_slot_counts_against_the_connect_timeout(
+    silent_server: Any,
+    tls_contexts: Any,
     handshake_limit: None,
 ) -> None:
     set_tls_handshake_limit(1)
-    async with silent_tcp_server() as stalled, pinging(f"https://{stalled.address}", 1):
-        await stalled.wait_for_accepted(1)
+    stalled = f"https://{silent_server.address}"
+    async with pinging(tls_contexts, stalled, 1):
+        await silent_server.wait_for_accepted(1)
         async with ControlPlane(
-            Config(base_url=f"https://{stalled.address}", connect_timeout=0.2, request_timeout=30),
+            Config(base_url=stalled, connect_timeout=0.2, request_timeout=30),
             "1.2.3",
-            ssl_context=client_tls_trusting_test_ca(),
+            ssl_context=tls_contexts.client(),
         ) as waiter:
             with pytest.raises(APITimeoutError):
                 await asyncio.wait_for(waiter.ping(), 10)
-        accepted = stalled.accepted
+        accepted = silent_server.accepted
     assert accepted == 1  # the waiter never got to connect
 
 
-async def test_a_limit_of_zero_lets_every_set_up_through_at_once(handshake_limit: None) -> None:
+async def test_a_limit_of_zero_lets_every_set_up_through_at_once(
+    silent_server: Any, tls_contexts: Any, handshake_limit: None
+) -> None:
     set_tls_handshake_limit(0)
-    async with silent_tcp_server() as stalled, pinging(f"https://{stalled.address}", 4):
-        await asyncio.wait_for(stalled.wait_for_accepted(4), 10)
-    assert stalled.accepted == 4
+    async with pinging(tls_contexts, f"https://{silent_server.address}", 4):
+        await asyncio.wait_for(silent_server.wait_for_accepted(4), 10)
+    assert silent_server.accepted == 4
 
 
 def test_a_negative_handshake_limit_is_refused() -> None:

@@ -1,8 +1,21 @@
-"""Loopback servers for the client tests: real aiohttp.web apps on 127.0.0.1, ephemeral ports.
+"""Loopback servers for the client tests, as fixtures: real servers on 127.0.0.1, ephemeral
+ports, stopped when the test ends.
 
-`serve(handler)` runs one handler for every method and path and records what it received:
-the raw request line path (not decoded), the headers, and the body exactly as sent on the
-wire (the server does not decompress it). The TLS helpers use trustme certificates.
+- ``loopback``: ``server = await loopback(handler, ssl_context=None)`` runs an aiohttp
+  ``handler`` for every method and path (an empty JSON object by default) and records what
+  it received: the raw request line path (not decoded), the headers, and the body exactly
+  as sent on the wire (the server does not decompress it). ``server.client(**config)`` is a
+  ControlPlane (version 1.2.3) of it.
+- ``serve_loopback``: the same server as an async context manager, for a server that must
+  stop before the test ends or run on another event loop.
+- ``tls_contexts``: ``.server()`` and ``.client()`` make SSL contexts of one test CA
+  (trustme); its leaf certificates are valid for 127.0.0.1.
+- ``silent_server``: accepts TCP connections and never writes a byte.
+- ``raw_server``: ``address = await raw_server(response)`` answers every request with
+  ``response`` verbatim.
+- ``full_backlog``: the address of a listener whose accept queue is full.
+
+Tests annotate these fixtures ``Any``: their shapes are the classes below.
 """
 
 from __future__ import annotations
@@ -13,9 +26,9 @@ import dataclasses
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from functools import cache
 from typing import Any
 
+import pytest
 import trustme
 from aiohttp import web
 from multidict import CIMultiDictProxy
@@ -55,11 +68,9 @@ class Server:
         """The most recent request."""
         return self.received[-1]
 
-
-def client_for(target: Server | str, **config: Any) -> ControlPlane:
-    """A ControlPlane (version 1.2.3) for a test server or a base URL; ``config`` as in Config."""
-    url = target.url if isinstance(target, Server) else target
-    return ControlPlane(Config(base_url=url, **config), "1.2.3")
+    def client(self, **config: Any) -> ControlPlane:
+        """A ControlPlane (version 1.2.3) of this server; ``config`` as in Config."""
+        return ControlPlane(Config(base_url=self.url, **config), "1.2.3")
 
 
 async def empty_ok(request: web.Request) -> web.StreamResponse:
@@ -69,20 +80,14 @@ async def empty_ok(request: web.Request) -> web.StreamResponse:
 
 @contextlib.asynccontextmanager
 async def serve(
-    handler: Handler = empty_ok,
-    *,
-    ssl_context: ssl.SSLContext | None = None,
-    read_body: bool = True,
+    handler: Handler = empty_ok, *, ssl_context: ssl.SSLContext | None = None
 ) -> AsyncIterator[Server]:
-    """Run ``handler`` for every request on 127.0.0.1; yields the :class:`Server`.
-
-    With ``read_body`` the server reads the whole request body before calling the
-    handler and records it; without, the handler reads it (or not) itself.
-    """
+    """Run ``handler`` for every request on 127.0.0.1, once the request's body is read and
+    recorded; yields the :class:`Server`."""
     received: list[Received] = []
 
     async def record(request: web.Request) -> web.StreamResponse:
-        body = await request.read() if read_body else b""
+        body = await request.read()
         received.append(Received(request.method, request.raw_path, request.headers, body))
         return await handler(request)
 
@@ -100,28 +105,54 @@ async def serve(
         await runner.cleanup()
 
 
+@pytest.fixture
+async def loopback() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+    """``await loopback(handler=empty_ok, *, ssl_context=None)`` starts a :class:`Server`;
+    every server started stops when the test ends, the last started first."""
+    async with contextlib.AsyncExitStack() as servers:
+
+        async def start(
+            handler: Handler = empty_ok, *, ssl_context: ssl.SSLContext | None = None
+        ) -> Server:
+            return await servers.enter_async_context(serve(handler, ssl_context=ssl_context))
+
+        yield start
+
+
+@pytest.fixture
+def serve_loopback() -> Callable[..., contextlib.AbstractAsyncContextManager[Server]]:
+    """``async with serve_loopback(handler=empty_ok, *, ssl_context=None) as server``: a
+    :class:`Server` that runs for the block only."""
+    return serve
+
+
 # --- TLS ------------------------------------------------------------------
 
 
-@cache
-def certificate_authority() -> trustme.CA:
-    """The test CA; its leaf certificate is valid for 127.0.0.1."""
-    return trustme.CA()
+class TLSContexts:
+    """SSL contexts of one test CA; every call makes a new context."""
+
+    def __init__(self) -> None:
+        self._authority = trustme.CA()
+
+    def server(self) -> ssl.SSLContext:
+        """A server context with a 127.0.0.1 certificate signed by the test CA."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._authority.issue_cert("127.0.0.1").configure_cert(context)
+        return context
+
+    def client(self) -> ssl.SSLContext:
+        """A verifying client context that trusts the test CA (and nothing else)."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._authority.configure_trust(context)
+        return context
 
 
-def server_tls() -> ssl.SSLContext:
-    """A server context with a 127.0.0.1 certificate signed by the test CA."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    certificate_authority().issue_cert("127.0.0.1").configure_cert(context)
-    return context
-
-
-def client_tls_trusting_test_ca() -> ssl.SSLContext:
-    """A verifying client context that trusts the test CA (and nothing else)."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    certificate_authority().configure_trust(context)
-    return context
+@pytest.fixture(scope="session")
+def tls_contexts() -> TLSContexts:
+    """The test CA's contexts (one CA for the whole session: making it is slow)."""
+    return TLSContexts()
 
 
 # --- servers that misbehave below HTTP -------------------------------------
@@ -129,7 +160,7 @@ def client_tls_trusting_test_ca() -> ssl.SSLContext:
 
 class SilentTCPServer:
     """Accepts TCP connections and never writes a byte (a TLS handshake never completes);
-    counts the connections it accepted."""
+    counts the connections it accepted. ``address`` is ``host:port``."""
 
     def __init__(self) -> None:
         self.address = ""
@@ -152,9 +183,9 @@ class SilentTCPServer:
                 pass
 
 
-@contextlib.asynccontextmanager
-async def silent_tcp_server() -> AsyncIterator[SilentTCPServer]:
-    """A running :class:`SilentTCPServer` on 127.0.0.1 (``address`` is ``host:port``)."""
+@pytest.fixture
+async def silent_server() -> AsyncIterator[SilentTCPServer]:
+    """A running :class:`SilentTCPServer` on 127.0.0.1."""
     silent = SilentTCPServer()
     server = await asyncio.start_server(silent._hold, "127.0.0.1", 0)
     silent.address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
@@ -189,13 +220,23 @@ async def raw_response_server(response: bytes) -> AsyncIterator[str]:
         await server.wait_closed()
 
 
-@contextlib.contextmanager
-def full_backlog_listener() -> Iterator[str]:
-    """A listening socket whose accept queue is full, so a new SYN is dropped and a
-    connect attempt hangs (Linux drops SYNs to a listener with a full queue).
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Callable[[bytes], Awaitable[str]]]:
+    """``address = await raw_server(response)`` starts a server that reads a request's head,
+    writes ``response`` verbatim and closes; ``address`` is ``host:port``. The servers stop
+    when the test ends."""
+    async with contextlib.AsyncExitStack() as servers:
 
-    Yields ``host:port``.
-    """
+        async def start(response: bytes) -> str:
+            return await servers.enter_async_context(raw_response_server(response))
+
+        yield start
+
+
+@pytest.fixture
+def full_backlog() -> Iterator[str]:
+    """``host:port`` of a listening socket whose accept queue is full, so a new SYN is
+    dropped and a connect attempt hangs (Linux drops SYNs to a listener with a full queue)."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     fillers: list[socket.socket] = []
     try:
