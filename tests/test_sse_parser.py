@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plexd.api import SSEComment, SSEEvent, SSEParser
-from plexd.api._sse import MAX_RESUME_ID_BYTES, MAX_RETRY_MS, is_header_safe
+from plexd.api._resume import MAX_RESUME_ID_BYTES, is_header_safe
+from plexd.api._sse import MAX_RETRY_MS
 
 BOM = b"\xef\xbb\xbf"
 Item = SSEEvent | SSEComment

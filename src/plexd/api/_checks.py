@@ -13,7 +13,7 @@ import ssl
 from typing import Any
 
 from ._config import Config
-from ._sse import is_header_safe
+from ._resume import is_header_safe
 from .errors import ArgumentError, ArgumentTypeError
 
 # What aiohttp refuses to write in a header value (RFC 9110 5.5): C0 controls but TAB, DEL.

@@ -35,7 +35,8 @@ from ._http import (
     run_connection,
 )
 from ._reconnect import ConnectionState, Decision, ReconnectEngine, ReconnectPolicy, Step
-from ._sse import SSEComment, SSEEvent, SSEParser, is_header_safe, shown_id
+from ._resume import UnsendableIdLog, is_header_safe, shown_id
+from ._sse import SSEComment, SSEEvent, SSEParser
 from ._transport import LeanConnector
 from .errors import MASK, APITimeoutError, ArgumentError, PlexdError, SSEProtocolError, _NoContent
 
@@ -157,7 +158,7 @@ class EventSource:
         self._slice: Sequence[SSEEvent | SSEComment] = ()
         self._slice_start_id = self._parser.resume_id
         self._checked_id = last_event_id
-        self._unsendable_logged = False
+        self._tell_unsendable = UnsendableIdLog(self._log)
         self._outcome: _Outcome | _Marker = _RUNNING
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -315,7 +316,7 @@ class EventSource:
         if parser.last_event_id is not self._checked_id:
             self._checked_id = parser.last_event_id
             if parser.resume_id != parser.last_event_id:
-                self._unsendable(parser.last_event_id, parser.resume_id)
+                self._tell_unsendable(parser.last_event_id, parser.resume_id)
         for item in items:
             if type(item) is SSEEvent:
                 self._engine.event_delivered()
@@ -334,18 +335,6 @@ class EventSource:
         if self.on_error is not None:
             self.on_error(error)
         raise error
-
-    def _unsendable(self, event_id: str, resume_id: str) -> None:
-        # Once at WARNING: a server sending such ids sends many.
-        level = logging.DEBUG if self._unsendable_logged else logging.WARNING
-        self._unsendable_logged = True
-        self._log.log(
-            level,
-            "event id %s cannot be sent as Last-Event-ID; a reconnection resumes from %s",
-            shown_id(event_id),
-            shown_id(resume_id),
-            extra={"sse_id": shown_id(event_id)},
-        )
 
     # --- the connection (runs in the background task) ---------------------
 

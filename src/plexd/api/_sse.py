@@ -2,8 +2,8 @@
 
 This module owns the event-stream rules ("9.2.6 Interpreting an event stream" of the
 WHATWG HTML standard, plus one documented bound, ``max_event_size``), the events it
-yields (:class:`SSEEvent`, :class:`SSEComment`) and the rule for which last event ID may
-be sent back as a ``Last-Event-ID`` header (:func:`is_header_safe`). The parser takes
+yields (:class:`SSEEvent`, :class:`SSEComment`), and ``resume_id``, the most recent id
+that may be sent back as ``Last-Event-ID`` (the rule is ``_resume``). The parser takes
 bytes and returns events; it never touches a socket, a clock or an event loop.
 
 The general path takes any text in any parser state: a chunk is decoded in one call
@@ -50,14 +50,14 @@ from dataclasses import dataclass
 from itertools import chain, compress, repeat
 from typing import cast
 
+from ._resume import is_header_safe
+
 __all__ = [
     "DEFAULT_MAX_EVENT_SIZE",
-    "MAX_RESUME_ID_BYTES",
     "MAX_RETRY_MS",
     "SSEComment",
     "SSEEvent",
     "SSEParser",
-    "is_header_safe",
 ]
 
 # API.md: the default bound on one event or one line.
@@ -68,42 +68,8 @@ DEFAULT_EVENT_TYPE = "message"
 # its digit limit and from parsing a huge number.
 MAX_RETRY_MS = 2**63 - 1
 _MAX_RETRY_DIGITS = len(str(MAX_RETRY_MS))
-# The longest event id sent back as Last-Event-ID, in bytes of UTF-8. Servers refuse
-# much longer header lines (aiohttp's server: 8190 bytes, nginx: 8 KiB by default).
-MAX_RESUME_ID_BYTES = 4096
-# RFC 9110 5.5: no control character but TAB in a field value (aiohttp refuses them with
-# ValueError). A lone surrogate has no UTF-8 form (aiohttp's C writer drops it silently).
-_NOT_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
-# How much of a (maybe huge) event id a log line shows.
-_SHOWN_ID_LENGTH = 100
 # "data:" plus the one optional space: the shortest prefix of a data line before its value.
 _DATA_PREFIX = len("data:")
-
-
-def is_header_safe(value: str, max_bytes: int | None = MAX_RESUME_ID_BYTES) -> bool:
-    """Whether ``value`` can be sent as an HTTP header value (a ``Last-Event-ID``, say).
-
-    It must hold no control character other than TAB (no C0 control, no DEL; RFC 9110,
-    and aiohttp refuses them), no lone surrogate (no UTF-8 form), and be at most
-    ``max_bytes`` bytes once encoded as UTF-8 (None: no bound). Other non-ASCII text is
-    fine: it goes on the wire as UTF-8, as a browser's ``Last-Event-ID`` does.
-    """
-    # A character is at most 4 bytes of UTF-8: count the bytes only when it can matter.
-    if (
-        max_bytes is not None
-        and len(value) * 4 > max_bytes
-        and len(value.encode(errors="replace")) > max_bytes
-    ):
-        return False
-    # isprintable() is false for every character refused (and for a few allowed ones).
-    return value.isprintable() or _NOT_IN_HEADER.search(value) is None
-
-
-def shown_id(value: str) -> str:
-    """An event id for a log line or an error message: escaped, and cut if long."""
-    if len(value) <= _SHOWN_ID_LENGTH:
-        return repr(value)
-    return f"{value[:_SHOWN_ID_LENGTH]!r}... ({len(value)} characters)"
 
 
 @dataclass(frozen=True, slots=True)

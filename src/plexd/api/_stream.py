@@ -16,7 +16,8 @@ from ._dispatch import EventDispatcher
 from ._envelope import SignedEnvelope, parse_envelope
 from ._http import EventStreamResponse, run_connection
 from ._reconnect import AttemptHooks
-from ._sse import DEFAULT_MAX_EVENT_SIZE, SSEEvent, SSEParser, is_header_safe, shown_id
+from ._resume import UnsendableIdLog, is_header_safe, shown_id
+from ._sse import DEFAULT_MAX_EVENT_SIZE, SSEEvent, SSEParser
 from ._verify import EventVerifier, NoOpVerifier
 from .errors import ArgumentError, EnvelopeError, VerificationError, _StopRequested
 
@@ -73,7 +74,7 @@ class SSEStream:
         # The resume cursor, and the last id the stream moved to (maybe not sendable).
         self._last_event_id = ""
         self._seen_id = ""
-        self._unsendable_logged = False
+        self._tell_unsendable = UnsendableIdLog(self._log)
 
     @property
     def last_event_id(self) -> str:
@@ -156,17 +157,8 @@ class SSEStream:
         self._seen_id = event_id
         if is_header_safe(event_id):
             self._last_event_id = event_id
-            return
-        # Once at WARNING: a server sending such ids sends many.
-        level = logging.DEBUG if self._unsendable_logged else logging.WARNING
-        self._unsendable_logged = True
-        self._log.log(
-            level,
-            "event id %s cannot be sent as Last-Event-ID; resuming from %s instead",
-            shown_id(event_id),
-            shown_id(self._last_event_id),
-            extra={"sse_id": shown_id(event_id)},
-        )
+        else:
+            self._tell_unsendable(event_id, self._last_event_id)
 
     def _skip_malformed(self, event: SSEEvent, exc: EnvelopeError) -> None:
         self._log.warning(
