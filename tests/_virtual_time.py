@@ -11,12 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from plexd.api._reconnect import (
-    MAX_RETRY_AFTER,
-    MIN_SERVER_RETRY,
-    STABLE_CONNECTION,
-    ReconnectPolicy,
-)
+from plexd.api import MAX_RETRY_AFTER, MIN_SERVER_RETRY, ReconnectPolicy
+from plexd.api._reconnect import STABLE_CONNECTION
 
 DAY = 86_400.0
 HOUR = 3_600.0

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from plexd.api import (
+    TLS_HANDSHAKE_LIMIT,
     ArgumentError,
     Config,
     ConfigError,
@@ -32,6 +33,7 @@ from plexd.api import (
     ServerError,
     SignedEnvelope,
     SSEIdleTimeoutError,
+    SSEManager,
     SSEProtocolError,
     StateResponse,
     decode_raw,
@@ -41,8 +43,6 @@ from plexd.api import (
     set_tls_handshake_limit,
     sign_envelope,
 )
-from plexd.api._manager import SSEManager
-from plexd.api._transport import TLS_HANDSHAKE_LIMIT
 from plexd.api.errors import from_response
 
 DEEP = b"[" * 5000

@@ -30,8 +30,8 @@ from plexd.api import (
     PlexdError,
     RegisterRequest,
     UnauthorizedError,
+    build_ssl_context,
 )
-from plexd.api._transport import build_ssl_context
 
 JSON_CALL_HEADERS = {"Host", "User-Agent", "Accept", "Accept-Encoding"}
 

@@ -8,8 +8,7 @@ import threading
 
 import pytest
 
-from plexd.api import EventType, SignedEnvelope
-from plexd.api._dispatch import EventDispatcher
+from plexd.api import EventDispatcher, EventType, SignedEnvelope
 
 
 def envelope(event_type: str = "peer_added", event_id: str = "e1") -> SignedEnvelope:

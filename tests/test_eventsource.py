@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
-from plexd.api._eventsource import EventSource
-from plexd.api._sse import SSEEvent
+from plexd.api import EventSource, SSEEvent
 from plexd.api.errors import APIConnectionError, ServerError, SSEIdleTimeoutError, SSEProtocolError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

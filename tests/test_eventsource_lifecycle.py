@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from plexd.api._eventsource import EventSource
-from plexd.api._sse import SSEEvent
+from plexd.api import EventSource, SSEEvent
 from plexd.api.errors import (
     APIConnectionError,
     APIError,

@@ -15,16 +15,16 @@ from nacl.signing import SigningKey
 
 from plexd.api import (
     Config,
+    ConnectionState,
     ControlPlane,
     Ed25519Verifier,
+    EventDispatcher,
     SignedEnvelope,
+    SSEManager,
+    SSEStream,
     envelope_json,
     sign_envelope,
 )
-from plexd.api._dispatch import EventDispatcher
-from plexd.api._manager import SSEManager
-from plexd.api._reconnect import ConnectionState
-from plexd.api._stream import SSEStream
 from plexd.api.errors import (
     ArgumentError,
     ClientClosedError,

@@ -26,15 +26,16 @@ from nacl.signing import SigningKey
 
 from _virtual_time import DAY, DAYS, HOUR, Model, Outcome, Setup, Trace
 from plexd.api import (
+    MAX_RETRY_AFTER,
     Config,
+    ConnectionState,
     ControlPlane,
     Ed25519Verifier,
     SignedEnvelope,
+    SSEManager,
     envelope_json,
     sign_envelope,
 )
-from plexd.api._manager import SSEManager
-from plexd.api._reconnect import MAX_RETRY_AFTER, ConnectionState
 from plexd.api.errors import (
     APIConnectionError,
     NotFoundError,

@@ -10,18 +10,17 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from plexd.api import FailureAction, classify_error
-from plexd.api._checks import check_intervals, check_polling
-from plexd.api._reconnect import (
-    MAX_BACKOFF_EXPONENT,
+from plexd.api import (
     MAX_RETRY_AFTER,
     MIN_SERVER_RETRY,
     ConnectionState,
-    Decision,
+    FailureAction,
     ReconnectEngine,
     ReconnectPolicy,
-    Step,
+    classify_error,
 )
+from plexd.api._checks import check_intervals, check_polling
+from plexd.api._reconnect import MAX_BACKOFF_EXPONENT, Decision, Step
 from plexd.api.errors import (
     APIConnectionError,
     APIError,

@@ -21,7 +21,8 @@ from collections.abc import Callable
 import pytest
 
 from _virtual_time import DAY, DAYS, HOUR, Model, Outcome, Setup, Trace
-from plexd.api._reconnect import MAX_BACKOFF_EXPONENT, ConnectionState, ReconnectEngine
+from plexd.api import ConnectionState, ReconnectEngine
+from plexd.api._reconnect import MAX_BACKOFF_EXPONENT
 from plexd.api.errors import (
     APIConnectionError,
     APIError,

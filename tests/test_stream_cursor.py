@@ -14,10 +14,16 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
-from plexd.api import Config, ControlPlane, SignedEnvelope, envelope_json, sign_envelope
-from plexd.api._dispatch import EventDispatcher
-from plexd.api._manager import SSEManager
-from plexd.api._stream import SSEStream
+from plexd.api import (
+    Config,
+    ControlPlane,
+    EventDispatcher,
+    SignedEnvelope,
+    SSEManager,
+    SSEStream,
+    envelope_json,
+    sign_envelope,
+)
 from plexd.api.errors import ArgumentError
 
 SEED = bytes(range(32))

@@ -12,12 +12,14 @@ from typing import Any, ClassVar
 import pytest
 from aiohttp import web
 
-from plexd.api import APITimeoutError, Config, ControlPlane
-from plexd.api._transport import (
+from plexd.api import (
     TLS_HANDSHAKE_LIMIT,
+    APITimeoutError,
+    Config,
+    ControlPlane,
     set_tls_handshake_limit,
-    share_tls_read_buffer,
 )
+from plexd.api._transport import share_tls_read_buffer
 
 
 @pytest.fixture
