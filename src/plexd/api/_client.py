@@ -164,8 +164,8 @@ class ControlPlane:
         if not is_header_value(token):
             # Never echo the token: the message may be logged.
             raise ConfigError(
-                "token: holds a control character (CR, LF, NUL, DEL ...) that an HTTP "
-                "header cannot carry; token not set"
+                "token: holds a character an HTTP header cannot carry (a control "
+                "character such as CR, LF, NUL or DEL, or a lone surrogate); token not set"
             )
         headers = self._build_json_headers(token)
         with self._token_lock:
