@@ -18,6 +18,7 @@ import contextlib
 import gzip
 import json
 import logging
+import os
 import random
 import traceback
 import zlib
@@ -44,7 +45,11 @@ TIMEOUT = 0.4
 STALL = 3.0
 # No single call may take longer than this: the timeouts plus a slow drip of pieces.
 HANG_BOUND = 6.0
-SEEDS = range(8)
+# make test searches 8 seeds; PLEXD_FUZZ_SEEDS=500 searches deeper (and FROM=N elsewhere).
+SEEDS = range(
+    int(os.environ.get("PLEXD_FUZZ_FROM", "0")),
+    int(os.environ.get("PLEXD_FUZZ_FROM", "0")) + int(os.environ.get("PLEXD_FUZZ_SEEDS", "8")),
+)
 
 # --- what the server may answer ----------------------------------------------
 
