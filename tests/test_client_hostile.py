@@ -106,29 +106,21 @@ def signed_event(n: int) -> bytes:
     return b"id: %d\nevent: peer_added\ndata: %s\n\n" % (n, envelope_json(envelope))
 
 
-class Collector:
-    """Records event ids; shuts the manager down after ``expected`` of them."""
-
-    def __init__(self, manager: SSEManager, expected: int) -> None:
-        self.ids: list[str] = []
-        self.manager = manager
-        self.expected = expected
-
-    def __call__(self, envelope: SignedEnvelope) -> None:
-        self.ids.append(envelope.event_id)
-        if len(self.ids) >= self.expected:
-            self.manager.shutdown()
-
-
 async def run_manager(server: Any, expected: int, idle_timeout: float = 5) -> list[str]:
     config = Config(base_url=server.url, sse_idle_timeout=idle_timeout)
     async with ControlPlane(config, "test") as cp:
         manager = SSEManager(cp, Ed25519Verifier(PUBLIC_KEY))
         manager.set_reconnect_intervals(0.001, 0.01)
-        collector = Collector(manager, expected)
-        manager.register_handler("peer_added", collector)
+        ids: list[str] = []
+
+        def collect(envelope: SignedEnvelope) -> None:
+            ids.append(envelope.event_id)
+            if len(ids) >= expected:
+                manager.shutdown()
+
+        manager.register_handler("peer_added", collect)
         await asyncio.wait_for(manager.start(NODE), 10)
-    return collector.ids
+    return ids
 
 
 async def event_stream(
