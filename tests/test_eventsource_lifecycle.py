@@ -406,6 +406,14 @@ async def test_an_id_only_block_moves_the_cursor(loopback: Any) -> None:
         pytest.param({"reconnect_delay": -1}, id="negative-delay"),
         pytest.param({"max_reconnect_delay": float("nan")}, id="nan-delay"),
         pytest.param({"read_timeout": 0}, id="zero-read-timeout"),
+        # Wrong types reach the checks too, not a bare TypeError from deeper down.
+        pytest.param({"reconnect_delay": "1"}, id="str-delay"),
+        pytest.param({"max_reconnect_delay": True}, id="bool-delay"),
+        pytest.param({"read_timeout": "5"}, id="str-read-timeout"),
+        pytest.param({"headers": {"X-A": 1}}, id="int-header-value"),
+        pytest.param({"headers": {1: "a"}}, id="int-header-name"),
+        pytest.param({"method": 3}, id="int-method"),
+        pytest.param({"last_event_id": 5}, id="int-last-event-id"),
         pytest.param(
             {"url": "http://u:p@example.com/", "headers": {"Authorization": "Bearer t"}},
             id="two-credentials",

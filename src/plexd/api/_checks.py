@@ -46,41 +46,48 @@ def check_client_arguments(config: Any, version: Any, ssl_context: Any) -> None:
 
 
 def check_header(name: str, value: str) -> None:
-    """A header a caller asks to send: a token for a name, no control character in the value."""
-    if not (is_token(name) and is_header_safe(value, max_bytes=None)):
+    """A header a caller asks to send: a token for a name, a sendable str for a value."""
+    if not (
+        isinstance(name, str)
+        and isinstance(value, str)
+        and is_token(name)
+        and is_header_value(value)
+    ):
         raise ArgumentError(f"header {name!r} cannot be sent: a control character or a bad name")
 
 
 def check_delay(name: str, value: float) -> None:
     """A wait: a finite number of seconds, 0 or more."""
-    if not (math.isfinite(value) and value >= 0):
-        raise ArgumentError(f"{name} must be a finite number of seconds >= 0, got {value}")
+    if not (_is_seconds(value) and value >= 0):
+        raise ArgumentError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
 
 
 def check_timeout(name: str, value: float | None) -> None:
     """A timeout: None (no timeout) or a finite number of seconds above 0."""
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise ArgumentError(f"{name} must be None or a finite number of seconds > 0, got {value}")
+    if value is not None and not (_is_seconds(value) and value > 0):
+        raise ArgumentError(
+            f"{name} must be None or a finite number of seconds > 0, got {value!r}"
+        )
 
 
 def check_intervals(base: float, maximum: float) -> None:
     """Raise :class:`ArgumentError` unless ``0 <= base <= maximum``, both finite."""
-    _check_seconds("base", base)
-    _check_seconds("max", maximum)
+    check_delay("base", base)
+    check_delay("max", maximum)
     if maximum < base:
         raise ArgumentError(f"max ({maximum!r}) must not be below base ({base!r})")
 
 
 def check_polling(after: float, interval: float) -> None:
     """Raise :class:`ArgumentError` unless ``after >= 0`` and ``interval > 0``, both finite."""
-    _check_seconds("after", after)
-    _check_seconds("interval", interval)
+    check_delay("after", after)
+    check_delay("interval", interval)
     if interval <= 0:
         raise ArgumentError(f"interval must be above 0 seconds, got {interval!r}")
 
 
-def _check_seconds(name: str, value: float) -> None:
+def _is_seconds(value: object) -> bool:
+    # A bool is an int to Python, never a number of seconds to a caller.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ArgumentError(f"{name} must be a number of seconds, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ArgumentError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+        return False
+    return math.isfinite(value)

@@ -38,7 +38,15 @@ from ._reconnect import ConnectionState, Decision, ReconnectEngine, ReconnectPol
 from ._resume import UnsendableIdLog, is_header_safe, shown_id
 from ._sse import SSEComment, SSEEvent, SSEParser
 from ._transport import LeanConnector
-from .errors import MASK, APITimeoutError, ArgumentError, PlexdError, SSEProtocolError, _NoContent
+from .errors import (
+    MASK,
+    APITimeoutError,
+    ArgumentError,
+    ArgumentTypeError,
+    PlexdError,
+    SSEProtocolError,
+    _NoContent,
+)
 
 # Redirects an EventSource follows, at most MAX_REDIRECTS in a row.
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -128,8 +136,12 @@ class EventSource:
     ) -> None:
         self._url = self._checked_url(url)
         self._shown_url = shown_url(self._url)
+        if not (isinstance(method, str) and is_token(method)):
+            raise ArgumentError(f"method {method!r} is not an HTTP method name")
         self._method = method.upper()
         self._body = body
+        for name, value in (headers or {}).items():
+            check_header(name, value)
         self._headers = CIMultiDict(headers or {})
         self._check_arguments(last_event_id, reconnect_delay, max_reconnect_delay)
         check_timeout("read_timeout", read_timeout)
@@ -198,12 +210,12 @@ class EventSource:
 
     def _check_arguments(self, last_event_id: str, delay: float, max_delay: float) -> None:
         # What aiohttp would refuse with a ValueError at every connection, refused once.
-        if not is_token(self._method):
-            raise ArgumentError(f"method {self._method!r} is not an HTTP method name")
-        for name, value in self._headers.items():
-            check_header(name, value)
         if "Authorization" in self._headers and self._url.user is not None:
             raise ArgumentError("give credentials in the URL or an Authorization header, not both")
+        if not isinstance(last_event_id, str):
+            raise ArgumentTypeError(
+                f"last_event_id must be a str, got {type(last_event_id).__name__}"
+            )
         if not is_header_safe(last_event_id):
             raise ArgumentError(
                 f"last_event_id {shown_id(last_event_id)} cannot be sent as Last-Event-ID"
