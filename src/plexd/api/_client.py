@@ -119,16 +119,12 @@ class ControlPlane:
             self._log.warning(
                 "TLS certificate verification is disabled; "
                 "the control plane's identity is not checked",
-                extra={"base_url": self._shown_base},
+                extra={"base_url": self._base},
             )
 
     def __repr__(self) -> str:
-        return f"ControlPlane(base_url={self._shown_base!r})"
-
-    @property
-    def _shown_base(self) -> str:
-        # A base URL may carry user:password; it never goes into a repr or a log line.
-        return str(URL(self._base).with_user(None))
+        # Config.validate() refused user information: the base URL holds no secret.
+        return f"ControlPlane(base_url={self._base!r})"
 
     # --- lifecycle --------------------------------------------------------
 

@@ -23,9 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-# FailureAction is re-exported for plexd.cli.output until it imports it from plexd.api.
-from ._classify import FailureAction as FailureAction
-from ._classify import classify_error
+from ._classify import FailureAction, classify_error
 
 # API.md "Reconnection rules": base 1 s, multiplier 2, cap 60 s, jitter ±25%.
 DEFAULT_BASE_DELAY = 1.0
