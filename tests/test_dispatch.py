@@ -104,3 +104,19 @@ async def test_registration_from_many_threads_loses_nothing() -> None:
         thread.join()
     await dispatcher.dispatch(envelope())
     assert count == 1600
+
+
+async def test_event_fields_in_log_lines_are_escaped(caplog: pytest.LogCaptureFixture) -> None:
+    # An event type or id from the server must not start a forged log line.
+    dispatcher = EventDispatcher()
+
+    def fails(env: SignedEnvelope) -> None:
+        raise RuntimeError("boom")
+
+    dispatcher.register("peer_added", fails)
+    with caplog.at_level(logging.DEBUG, logger="plexd.api"):
+        await dispatcher.dispatch(envelope("new\nCRITICAL forged", "e\x1b[2J"))
+        await dispatcher.dispatch(envelope("peer_added", "e1\nCRITICAL forged"))
+    assert len(caplog.records) == 2
+    for record in caplog.records:
+        assert record.getMessage().isprintable(), record.getMessage()

@@ -250,6 +250,21 @@ async def test_malformed_and_unverifiable_events_are_skipped_without_disconnect(
     assert [getattr(r, "sse_id", None) for r in skipped] == ["2", "3", "4"]
 
 
+async def test_a_forged_event_cannot_forge_a_log_line(
+    event_server: EventServer, client: ControlPlane, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not signed by the control plane: its type and id are anyone's words.
+    forged = sign_envelope(bytes(32), "peer\nCRITICAL forged", "e\x1b[2J", {"evil": True})
+    event_server.log = [b"id: 1\ndata: " + envelope_json(forged) + b"\n\n", signed_event(2)]
+    manager = fast_manager(client)
+    manager.register_handler("peer_added", Collector(manager, 1))
+    with caplog.at_level(logging.DEBUG, logger="plexd.api"):
+        await asyncio.wait_for(manager.start(NODE), 10)
+    assert any("unverifiable" in r.getMessage() for r in caplog.records)
+    for record in caplog.records:
+        assert record.getMessage().isprintable(), record.getMessage()
+
+
 async def test_oversized_event_is_logged_and_skipped(
     event_server: EventServer, client: ControlPlane, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Awaitable, Callable
 
 from ._envelope import SignedEnvelope
+from .errors import printable
 
 EventHandler = Callable[[SignedEnvelope], Awaitable[None] | None]
 
@@ -39,8 +40,8 @@ class EventDispatcher:
         if not handlers:
             self._log.debug(
                 "no handler for event type %s; event %s dropped",
-                envelope.event_type,
-                envelope.event_id,
+                printable(envelope.event_type),
+                printable(envelope.event_id),
                 extra={"event_type": envelope.event_type, "event_id": envelope.event_id},
             )
             return
@@ -53,8 +54,8 @@ class EventDispatcher:
                 self._log.error(
                     "handler %d for %s event %s raised %s: %s",
                     index,
-                    envelope.event_type,
-                    envelope.event_id,
+                    printable(envelope.event_type),
+                    printable(envelope.event_id),
                     type(exc).__name__,
                     exc,
                     exc_info=exc,

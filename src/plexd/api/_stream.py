@@ -19,7 +19,7 @@ from ._reconnect import AttemptHooks
 from ._resume import UnsendableIdLog, is_header_safe, shown_id
 from ._sse import DEFAULT_MAX_EVENT_SIZE, SSEEvent, SSEParser
 from ._verify import EventVerifier, NoOpVerifier
-from .errors import ArgumentError, EnvelopeError, VerificationError, _StopRequested
+from .errors import ArgumentError, EnvelopeError, VerificationError, _StopRequested, printable
 
 
 class _NoReconnectLoop:
@@ -171,10 +171,11 @@ class SSEStream:
     def _skip_unverifiable(
         self, event: SSEEvent, envelope: SignedEnvelope, exc: VerificationError
     ) -> None:
+        # Not verified, so not the control plane's word: shown escaped.
         self._log.warning(
             "skipping unverifiable %s event %s: %s",
-            envelope.event_type,
-            envelope.event_id,
+            printable(envelope.event_type),
+            printable(envelope.event_id),
             exc,
             extra={
                 "sse_id": event.id,
