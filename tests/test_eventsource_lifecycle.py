@@ -537,3 +537,14 @@ async def test_connection_errors_are_reported_and_retried() -> None:
     with pytest.raises(StopAsyncIteration):
         await pending
     assert all(isinstance(e, APIConnectionError) for e in errors)
+
+
+async def test_a_token_in_the_user_place_never_shows(caplog: pytest.LogCaptureFixture) -> None:
+    # "https://TOKEN@host" carries its secret as the user: the whole userinfo is masked.
+    with caplog.at_level(logging.DEBUG, logger="plexd.api"):
+        errors = await collect_errors(f"http://{SECRET}@127.0.0.1:9/events")
+    assert errors
+    for error in errors:
+        for text in texts_of(error):
+            assert SECRET not in text
+    assert SECRET not in caplog.text

@@ -26,6 +26,7 @@ from yarl import URL
 
 from ._checks import check_delay, check_header, check_timeout, is_token
 from ._classify import classify_as_browser
+from ._config import shown_url
 from ._http import (
     EVENT_STREAM,
     TRANSPORT_ERRORS,
@@ -39,7 +40,6 @@ from ._resume import UnsendableIdLog, is_header_safe, shown_id
 from ._sse import SSEComment, SSEEvent, SSEParser
 from ._transport import LeanConnector
 from .errors import (
-    MASK,
     APITimeoutError,
     ArgumentError,
     ArgumentTypeError,
@@ -59,9 +59,10 @@ _READ_AHEAD = 2
 PARSE_SLICE = 128 * 1024
 
 
-def shown_url(url: URL) -> str:
-    """``url`` for a repr, an error message or a log line: its password masked."""
-    return str(url.with_password(MASK)) if url.password is not None else str(url)
+def _shown(url: URL) -> str:
+    # For a repr, an error or a log line: the user information masked, a token in the
+    # user's place included (the rule of Config and the CLI).
+    return shown_url(str(url))
 
 
 class _Failure:
@@ -135,7 +136,7 @@ class EventSource:
         logger: logging.Logger | None = None,
     ) -> None:
         self._url = self._checked_url(url)
-        self._shown_url = shown_url(self._url)
+        self._shown_url = _shown(self._url)
         if not (isinstance(method, str) and is_token(method)):
             raise ArgumentError(f"method {method!r} is not an HTTP method name")
         self._method = method.upper()
@@ -436,7 +437,7 @@ class EventSource:
         headers = self._request_headers()
         session = self._get_session()
         for _ in range(MAX_REDIRECTS + 1):
-            what = f"{method} {shown_url(url)}"
+            what = f"{method} {_shown(url)}"
             try:
                 async with asyncio.timeout(self._read_timeout):
                     response = await session.request(
@@ -465,7 +466,7 @@ class EventSource:
         body: bytes | None,
         headers: CIMultiDict[str],
     ) -> tuple[URL, str, bytes | None]:
-        status, shown = response.status, shown_url(url)
+        status, shown = response.status, _shown(url)
         location = response.headers.get("Location", "").strip()
         if not location:
             raise SSEProtocolError(f"{status} redirect from {shown} without a Location")
@@ -476,7 +477,7 @@ class EventSource:
             raise SSEProtocolError(f"{status} redirect from {shown}: bad Location") from None
         if target.scheme not in ("http", "https") or not target.host:
             raise SSEProtocolError(
-                f"{status} redirect from {shown} to a non-HTTP URL {shown_url(target)!r}"
+                f"{status} redirect from {shown} to a non-HTTP URL {_shown(target)!r}"
             )
         if target.origin() != url.origin():
             headers.popall("Authorization", None)
@@ -485,7 +486,7 @@ class EventSource:
         return target, method, body
 
     async def _check_status(self, response: aiohttp.ClientResponse, method: str, url: URL) -> None:
-        shown = shown_url(url)
+        shown = _shown(url)
         if response.status == 204:
             raise _NoContent(f"{method} {shown}: 204 No Content")
         # The error body is read under the read timeout too: a server may stall in it.
