@@ -98,3 +98,18 @@ def test_repr_of_a_config_never_shows_the_url_password(user: str, password: str)
         "Config(base_url='https://***@cp.example/api', tls_insecure_skip_verify=False, "
         "connect_timeout=0, request_timeout=5, sse_idle_timeout=0)"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("see http://u:p@h/x and https://tok@h2/y", "see http://***@h/x and https://***@h2/y"),
+        ("GET http://u:p@ss:w@rd@h/x: boom", "GET http://***@h/x: boom"),
+        ("mail me@host.example", "mail me@host.example"),
+        ("http://h/a@b", "http://h/a@b"),
+    ],
+)
+def test_redact_url_masks_all_user_information_in_a_text(text: str, shown: str) -> None:
+    from plexd.api._config import redact_url
+
+    assert redact_url(text) == shown

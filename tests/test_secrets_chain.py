@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from plexd.api import APIConnectionError, Config, ControlPlane, PlexdError
 from plexd.api._http import TRANSPORT_ERRORS, map_transport_error
@@ -94,11 +95,15 @@ async def test_the_scrubbed_request_info_keeps_what_is_not_secret(raw_server: An
     assert info.value.__context__ is cause
 
 
-async def test_a_url_password_is_scrubbed_from_a_transport_error(raw_server: Any) -> None:
+@pytest.mark.parametrize("userinfo", [f"user:{PASSWORD}", PASSWORD], ids=["password", "token"])
+async def test_a_url_password_is_scrubbed_from_a_transport_error(
+    raw_server: Any, userinfo: str
+) -> None:
     # EventSource maps its transport errors through the same function; its URL may
-    # carry user:password (aiohttp turns it into Basic authorization).
+    # carry user:password, or a token in the user's place (aiohttp turns either into
+    # Basic authorization).
     address = await raw_server(MALFORMED["bad-status-line"])
-    url = f"http://user:{PASSWORD}@{address}/events"
+    url = f"http://{userinfo}@{address}/events"
     async with aiohttp.ClientSession() as session:
         try:
             async with session.get(url):
@@ -109,5 +114,15 @@ async def test_a_url_password_is_scrubbed_from_a_transport_error(raw_server: Any
                 raise mapped from exc
             except PlexdError as raised:
                 error = raised
-    basic = base64.b64encode(f"user:{PASSWORD}".encode()).decode()
+    basic = base64.b64encode(f"{userinfo}:".encode() if ":" not in userinfo else userinfo.encode())
+    basic = basic.decode()
     assert_no_secret(error, PASSWORD, basic)
+
+
+def test_a_token_in_the_user_place_of_a_url_in_an_exception_is_scrubbed() -> None:
+    # aiohttp quotes the URL it could not use; a token may stand in the user's place.
+    exc = aiohttp.InvalidURL(URL(f"http://{TOKEN}@cp.example/v1/ping"))
+    mapped = map_transport_error(exc, "GET /v1/ping")
+    for text in (str(exc), repr(exc), str(mapped), repr(mapped)):
+        assert TOKEN not in text
+    assert "cp.example" in str(exc)  # what is not secret stays

@@ -22,19 +22,20 @@ _TIMEOUT_DEFAULTS = {
     "sse_idle_timeout": DEFAULT_SSE_IDLE_TIMEOUT,
 }
 
-# The password of "scheme://user:password@host" in a text: everything from the colon
-# after the user up to the last "@" before a space, so that a password with an
-# unencoded "@", ":" or "/" is covered too (at worst more than the password is masked).
-_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/?#:@]*):\S*@")
-_URL_PASSWORD_MASK = rf"\1:{MASK}@"
+# The user information of "scheme://user:password@host" (or of "scheme://token@host") in
+# a text: with a password, everything up to the last "@" before a space, so that a
+# password with an unencoded "@", ":" or "/" is covered too (at worst more is masked).
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^\s/?#:@]*:\S*|[^\s/?#:@]+)@")
+_URL_USERINFO_MASK = rf"\1{MASK}@"
 # What no URL may hold: whitespace, C0 controls and DEL (a URL parser would silently
 # drop or re-encode them, so the URL used would not be the one configured).
 _BAD_URL_CHARS = re.compile(r"[\x00-\x20\x7f]")
 
 
 def redact_url(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``***``."""
-    return _URL_PASSWORD.sub(_URL_PASSWORD_MASK, text)
+    """``text`` with the user information (a password, or a token in the user's place)
+    of every URL in it replaced by ``***``."""
+    return _URL_USERINFO.sub(_URL_USERINFO_MASK, text)
 
 
 @dataclass(repr=False)

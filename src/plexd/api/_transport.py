@@ -249,7 +249,8 @@ def _scrubbed(value: Any) -> Any:
     if isinstance(value, aiohttp.RequestInfo):
         return _scrubbed_request_info(value)
     if isinstance(value, URL):
-        return value.with_password(MASK) if value.password else value
+        # All the user information: a token may stand in the user's place.
+        return value.with_user(MASK).with_password(None) if value.user else value
     if isinstance(value, str):
         cleaned = redact_url(value)
         return value if cleaned == value else cleaned
