@@ -24,7 +24,8 @@ T = TypeVar("T")
 NULL = msgspec.Raw(b"null")
 
 # What msgspec raises for a value JSON cannot hold, and for bytes that are not JSON.
-# RecursionError: nesting deeper than msgspec's limit (``[`` x 5000) in either direction.
+# RecursionError: nesting deeper than msgspec's guard (about 1,000 levels on Python 3.11
+# and 3.12, 10,000 on 3.13) in either direction.
 JSON_ENCODE_ERRORS = (
     TypeError, ValueError, UnicodeError, OverflowError, RecursionError, msgspec.EncodeError,
 )  # fmt: skip
