@@ -219,7 +219,7 @@ async def test_state_prints_the_node_state_as_json(
 async def test_secret_ciphertext_is_masked_unless_show_secrets(
     emulator: Emulator, node_env: dict[str, str]
 ) -> None:
-    emulator.put_secret(node_env["PLEXD_NODE_ID"], "db-password", "Y2lwaGVydGV4dA==", "bm9uY2U=")
+    stored = emulator.put_secret(node_env["PLEXD_NODE_ID"], "db-password", "pa55word")
     masked, shown = await asyncio.gather(
         run_cli("secret", "db-password", env=node_env),
         run_cli("secret", "db-password", "--show-secrets", env=node_env),
@@ -228,11 +228,11 @@ async def test_secret_ciphertext_is_masked_unless_show_secrets(
     assert masked.json() == {
         "key": "db-password",
         "ciphertext": MASK,
-        "nonce": "bm9uY2U=",
+        "nonce": stored.nonce,
         "version": 1,
     }
-    assert "Y2lwaGVydGV4dA==" not in masked.stdout + masked.stderr
-    assert shown.json() == {**masked.json(), "ciphertext": "Y2lwaGVydGV4dA=="}  # type: ignore[dict-item]
+    assert stored.ciphertext not in masked.stdout + masked.stderr
+    assert shown.json() == {**masked.json(), "ciphertext": stored.ciphertext}  # type: ignore[dict-item]
 
 
 async def test_deregister_removes_the_node_and_its_token_stops_working(
@@ -374,7 +374,7 @@ async def test_watch_prints_one_json_line_per_verified_event(
     node_id = node_env["PLEXD_NODE_ID"]
     published = emulator.publish(node_id, "peer_added", b'{\n  "id": "peer-1",\n  "n": 1\n}')
     emulator.publish(node_id, "policy_updated", {"id": "policy-1"})
-    result = await run_cli("watch", "--count", "2", env=node_env)
+    result = await run_cli("watch", "--last-event-id", "0", "--count", "2", env=node_env)
     assert result.returncode == EXIT_OK, result.stderr
     assert result.stdout.count("\n") == 2
     first, second = parse_lines(result.stdout)
@@ -403,7 +403,7 @@ async def test_watch_masks_secret_fields_in_payloads_unless_show_secrets(
     emulator: Emulator, node_env: dict[str, str]
 ) -> None:
     emulator.publish(node_env["PLEXD_NODE_ID"], "peer_added", SECRET_PAYLOAD)
-    masked = await run_cli("watch", "--count", "1", env=node_env)
+    masked = await run_cli("watch", "--last-event-id", "0", "--count", "1", env=node_env)
     assert masked.returncode == EXIT_OK, masked.stderr
     (line,) = parse_lines(masked.stdout)
     assert line["payload"] == {
@@ -417,7 +417,9 @@ async def test_watch_masks_secret_fields_in_payloads_unless_show_secrets(
     }
     for secret in ("psk-5ecret", "c1pher", "t0ken", "n0de"):
         assert secret not in masked.stdout + masked.stderr
-    shown = await run_cli("watch", "--count", "1", "--show-secrets", env=node_env)
+    shown = await run_cli(
+        "watch", "--last-event-id", "0", "--count", "1", "--show-secrets", env=node_env
+    )
     assert shown.returncode == EXIT_OK, shown.stderr
     assert parse_lines(shown.stdout)[0]["payload"] == SECRET_PAYLOAD
 
@@ -435,7 +437,7 @@ async def test_watch_follows_key_rotation_and_skips_a_tampered_event(
     emulator.publish(node_id, "peer_added", {"id": "peer-1"})
     emulator.rotate_signing_key(transition=0)
     emulator.publish(node_id, "peer_removed", {"id": "peer-1"})
-    process = await start_cli("watch", "--count", "4", env=node_env)
+    process = await start_cli("watch", "--last-event-id", "0", "--count", "4", env=node_env)
     try:
         printed = await read_lines(process.stdout, 3)
         # Corrupts the next event the stream writes: the first one published from here.
@@ -462,7 +464,9 @@ async def test_watch_with_an_unrelated_key_prints_nothing_and_warns_per_event(
     node_id = node_env["PLEXD_NODE_ID"]
     emulator.publish_many(node_id, [("peer_added", {}), ("peer_removed", {})])
     unrelated = base64.b64encode(SigningKey.generate().verify_key.encode()).decode()
-    process = await start_cli("watch", "--verify-key", unrelated, env=node_env)
+    process = await start_cli(
+        "watch", "--last-event-id", "0", "--verify-key", unrelated, env=node_env
+    )
     try:
         warnings = await read_lines(process.stderr, 2)
         process.send_signal(signal.SIGINT)
@@ -481,7 +485,8 @@ async def test_watch_resumes_after_a_dropped_stream_without_loss_or_duplicates(
     node_id = node_env["PLEXD_NODE_ID"]
     emulator.publish_many(node_id, [("peer_added", {"n": n}) for n in range(3)])
     process = await start_cli(
-        "watch", "--count", "6", "--reconnect-delay", "0.05", "--max-reconnect-delay", "0.1",
+        "watch", "--last-event-id", "0", "--count", "6",
+        "--reconnect-delay", "0.05", "--max-reconnect-delay", "0.1",
         env=node_env,
     )  # fmt: skip
     try:
@@ -610,7 +615,8 @@ async def test_emulator_command_serves_until_sigint_and_exits_0(tmp_path: Path) 
             "bootstrap token: one",
             "bootstrap token: two",
         ]
-        env = cli_env(**exports, PLEXD_BOOTSTRAP_TOKEN="two")
+        assert exports["PLEXD_BOOTSTRAP_TOKEN"] == "one"
+        env = cli_env(**{**exports, "PLEXD_BOOTSTRAP_TOKEN": "two"})
         registered = await run_cli("register", env=env)
         assert registered.returncode == EXIT_OK, registered.stderr
         untrusted = await run_cli("ping", env=cli_env(PLEXD_BASE_URL=exports["PLEXD_BASE_URL"]))

@@ -4,10 +4,12 @@ driven with the real client (``ControlPlane``) or plain aiohttp."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import hashlib
 import signal
 import ssl
+import string
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -16,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from plexd.api import (
     APIConnectionError,
@@ -43,12 +46,14 @@ from plexd.api import (
     ReportSyncRequest,
     ServerError,
     UnauthorizedError,
+    decrypt_secret,
     raw_json,
 )
 from plexd.emulator import CHECKSUM_HEADER, Emulator
 from plexd.emulator.exchange import MAX_REQUEST_BODY, is_loopback
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+URL_SAFE = set(string.ascii_letters + string.digits + "-_")
 
 
 @pytest.fixture
@@ -238,7 +243,7 @@ async def test_state_has_peers_policies_signing_keys_data_and_secret_refs(
     node.policies = [Policy(id="p1", rules=[PolicyRule(src="a", dst="b", port=22)])]
     emulator.put_data(node_id, "cfg", {"x": 1})
     emulator.put_data(node_id, "cfg", {"x": 2})
-    emulator.put_secret(node_id, "db", ciphertext="c1", nonce="n1")
+    emulator.put_secret(node_id, "db", "s3cret")
     async with emulator.client(token) as client:
         state = await client.fetch_state(node_id)
     assert [p.id for p in state.peers] == [peer_id]
@@ -251,14 +256,36 @@ async def test_state_has_peers_policies_signing_keys_data_and_secret_refs(
 
 async def test_fetch_secret_returns_it_and_an_unknown_key_is_404(emulator: Emulator) -> None:
     node_id, token = await register(emulator)
-    emulator.put_secret(node_id, "db/password", ciphertext="c1", nonce="n1")
+    emulator.put_secret(node_id, "db/password", "s3cret")
+    emulator.put_secret(node_id, "db/password", b"s3cret\x00v2")
     async with emulator.client(token) as client:
         secret = await client.fetch_secret(node_id, "db/password")
         with pytest.raises(NotFoundError):
             await client.fetch_secret(node_id, "other")
-    assert (secret.key, secret.ciphertext, secret.nonce, secret.version) == (
-        "db/password", "c1", "n1", 1
-    )  # fmt: skip
+    assert (secret.key, secret.version) == ("db/password", 2)
+    assert decrypt_secret(token, secret) == b"s3cret\x00v2"
+
+
+async def test_a_secret_is_aes_256_gcm_with_the_key_string_bytes_and_a_12_byte_nonce(
+    emulator: Emulator,
+) -> None:
+    # Decrypted here by hand, as plexd's Go agent does, not by the library's helper.
+    node_id, token = await register(emulator)
+    secret = emulator.put_secret(node_id, "api-key", "value-1")
+    nonce = base64.b64decode(secret.nonce, validate=True)
+    sealed = base64.b64decode(secret.ciphertext, validate=True)
+    assert len(nonce) == 12
+    assert len(sealed) == len(b"value-1") + 16
+    assert AESGCM(token.encode()).decrypt(nonce, sealed, None) == b"value-1"
+    again = emulator.put_secret(node_id, "api-key", "value-1")
+    assert again.nonce != secret.nonce
+
+
+async def test_the_node_secret_key_is_32_url_safe_characters(emulator: Emulator) -> None:
+    keys = [(await register(emulator, f"n{i}"))[1] for i in range(20)]
+    assert all(len(key) == 32 for key in keys)
+    assert all(set(key) <= URL_SAFE for key in keys)
+    assert len(set(keys)) == 20
 
 
 # --- reports ------------------------------------------------------------------------------
@@ -598,7 +625,9 @@ async def test_python_dash_m_runs_the_emulator_until_sigterm() -> None:
             await process.wait()
     assert banner.startswith("plexd emulator listening on http://127.0.0.1:")
     assert reg.node_id == "node-1"
-    assert b"cli-token" not in rest
+    # The same banner as plexd-api emulator: lines to paste into the node's shell.
+    assert b"\nexport PLEXD_BOOTSTRAP_TOKEN=cli-token\n" in rest
+    assert rest.startswith(f"admin API: {url}/_emulator/ (loopback clients only)\n".encode())
 
 
 def emulator_client(url: str) -> ControlPlane:

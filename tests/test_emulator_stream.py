@@ -121,8 +121,10 @@ def open_stream(
     emulator: Emulator,
     node_id: str,
     token: str,
-    last_event_id: str | None = None,
+    last_event_id: str | None = "0",
 ) -> aiohttp.client._RequestContextManager:
+    """A stream request; by default with ``Last-Event-ID: 0``, the whole log (these tests
+    publish before connecting); None sends no cursor (new events only)."""
     headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
@@ -247,7 +249,7 @@ async def test_an_idle_stream_gets_keep_alive_comments(session: aiohttp.ClientSe
 async def test_the_real_client_reads_the_stream(emulator: Emulator) -> None:
     node_id, token = emulator.register_node()
     emulator.publish(node_id, "peer_added", {"id": "p"})
-    async with emulator.client(token) as client, client.connect_sse(node_id) as resp:
+    async with emulator.client(token) as client, client.connect_sse(node_id, "0") as resp:
         assert resp.status == 200
         chunks = aiter(resp.iter_chunks())
         async with asyncio.timeout(WAIT):

@@ -23,7 +23,7 @@ async def test_control_plane_registers_a_node_and_streams_its_events(
         )
         client.set_auth_token(reg.node_secret_key)
         control_plane.publish(reg.node_id, "peer_added", {"id": "peer-9"})
-        async with client.connect_sse(reg.node_id) as stream:
+        async with client.connect_sse(reg.node_id, "0") as stream:  # from the start
             first = await anext(aiter(stream.iter_chunks()))
     assert reg.signing_public_key == control_plane.signing_public_key
     assert first.startswith(b"id: 1\nevent: peer_added\n")

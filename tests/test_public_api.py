@@ -81,6 +81,7 @@ API_MD_NAMES = [
     "ConnectionState",
     "ReconnectEngine",
     "SSEManager",
+    "decrypt_secret",
 ]
 
 

@@ -16,6 +16,7 @@ from ._reconnect import (
     ReconnectEngine,
     ReconnectPolicy,
 )
+from ._secrets import decrypt_secret
 from ._signing import envelope_json, sign_envelope
 from ._sse import SSEComment, SSEEvent, SSEParser
 from ._stream import SSEStream
@@ -77,6 +78,7 @@ from .errors import (
     ClientClosedError,
     ConfigError,
     ConflictError,
+    DecryptionError,
     EnvelopeError,
     EventLoopError,
     ForbiddenError,
@@ -124,6 +126,7 @@ __all__ = [
     "ConnectionState",
     "ControlPlane",
     "DataEntry",
+    "DecryptionError",
     "DriftCorrection",
     "DriftReport",
     "Ed25519Verifier",
@@ -190,6 +193,7 @@ __all__ = [
     "canonical_bytes",
     "classify_error",
     "decode_raw",
+    "decrypt_secret",
     "envelope_json",
     "parse_envelope",
     "raw_json",

@@ -28,6 +28,7 @@ The tree (public names are exported by :mod:`plexd.api`)::
     │   ├── NaiveDatetimeError (ValueError)
     │   ├── EnvelopeError
     │   ├── VerificationError
+    │   │   └── DecryptionError         a secret does not decrypt (decrypt_secret)
     │   ├── SSEProtocolError
     │   └── _NoContent                  internal: an EventSource's server answered 204
     └── _StopRequested                  internal: an attempt saw the engine stopped
@@ -200,6 +201,10 @@ class EnvelopeError(PlexdError):
 
 class VerificationError(PlexdError):
     """A signed envelope failed verification; the message says which check."""
+
+
+class DecryptionError(VerificationError):
+    """A secret does not decrypt: a wrong node secret key, or tampered or malformed data."""
 
 
 class SSEProtocolError(PlexdError):

@@ -10,10 +10,11 @@ import base64
 import logging
 import shlex
 import socket
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 import nacl.public
@@ -26,6 +27,7 @@ from plexd.api import (
     NoOpVerifier,
     RegisterRequest,
     __version__,
+    decrypt_secret,
     shown_url,
 )
 
@@ -38,9 +40,6 @@ from .connection import (
 )
 from .errors import EXIT_CODES_HELP, PROG
 from .output import OneLineFormatter, StreamEndingFailureFilter, json_document
-
-if TYPE_CHECKING:
-    from plexd.emulator import Emulator
 
 EPILOG = f"""\b
 Environment:
@@ -107,72 +106,21 @@ def command(f: Callable[..., Any]) -> click.Command:
     return cli.command(epilog=EPILOG)(f)
 
 
-@command
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=8080,
-    show_default=True,
-    help="Port (0: any free port).",
+@cli.command(
+    epilog=EPILOG,
+    add_help_option=False,
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
 )
-@click.option("--tls", is_flag=True, help="Serve HTTPS with a CA generated at start.")
-@click.option(
-    "--tls-dir",
-    type=click.Path(file_okay=False),
-    help="Where to write the CA file (default: a temporary directory, removed at exit).",
-)
-@click.option(
-    "--bootstrap-token",
-    "tokens",
-    multiple=True,
-    metavar="TOKEN",
-    help="A token registration accepts (repeatable; default: one random token).",
-)
-@click.option("--admin-token", help="Token of the /_emulator/ admin API (default: loopback only).")
-@click.option("--retry-ms", type=click.IntRange(min=0), help="Send 'retry: MS' on every stream.")
-def emulator(
-    host: str,
-    port: int,
-    tls: bool,
-    tls_dir: str | None,
-    tokens: tuple[str, ...],
-    admin_token: str | None,
-    retry_ms: int | None,
-) -> None:
-    """Run a local control plane (in memory) until Ctrl-C.
+@click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
+def emulator(arguments: tuple[str, ...]) -> int:
+    """Run a local control plane (in memory) until Ctrl-C, or drive a running one: nodes,
+    publish, fault, flags, disconnect, rotate-key, seed.
 
-    It prints its URL, its event signing key, the bootstrap token(s) and, with --tls, the
-    CA file to trust (--ca-file / PLEXD_CA_FILE).
+    The same command as `python -m plexd.emulator`; see `plexd-api emulator --help`.
     """
-    from plexd.emulator import serve
+    from plexd.emulator.command import main as emulator_main
 
-    run_until_interrupted(
-        serve(
-            host,
-            port,
-            tls=tls,
-            tokens=tokens or None,
-            ready=_announce,
-            admin_token=admin_token,
-            tls_dir=tls_dir,
-            retry_ms=retry_ms,
-        )
-    )
-    click.echo("emulator stopped", err=True)
-
-
-def _announce(emulator: Emulator) -> None:
-    click.echo(f"plexd emulator listening on {emulator.url}")
-    click.echo(f"signing public key: {emulator.signing_public_key}")
-    for token in emulator.bootstrap_tokens:
-        click.echo(f"bootstrap token: {token}")
-    if emulator.ca_file is not None:
-        click.echo(f"CA file: {emulator.ca_file}")
-    click.echo(f"export PLEXD_BASE_URL={shlex.quote(emulator.url)}")
-    if emulator.ca_file is not None:
-        click.echo(f"export PLEXD_CA_FILE={shlex.quote(str(emulator.ca_file))}")
-    click.echo("press Ctrl-C to stop")
+    return emulator_main(arguments, prog=f"{PROG} emulator")
 
 
 @command
@@ -283,9 +231,22 @@ def state(node_id: str, show_secrets: bool) -> None:
 @node_id_option
 @click.argument("key")
 @show_secrets_option
-def secret(node_id: str, key: str, show_secrets: bool) -> None:
-    """Fetch the secret KEY; prints it as JSON (ciphertext masked)."""
-    _print_json(call_control_plane(lambda client: client.fetch_secret(node_id, key)), show_secrets)
+@click.option(
+    "--decrypt",
+    is_flag=True,
+    help="Print the secret's value instead (its exact bytes), decrypted with the node's "
+    "token, its node_secret_key (needs the 'cryptography' package).",
+)
+def secret(node_id: str, key: str, show_secrets: bool, decrypt: bool) -> None:
+    """Fetch the secret KEY; prints it as JSON (ciphertext masked), or with --decrypt its
+    value."""
+    fetched = call_control_plane(lambda client: client.fetch_secret(node_id, key))
+    if not decrypt:
+        _print_json(fetched, show_secrets)
+        return
+    value = decrypt_secret(connection().token, fetched)
+    sys.stdout.buffer.write(value)
+    sys.stdout.buffer.flush()
 
 
 @command

@@ -25,7 +25,9 @@ class RecordedCall:
 
     ``path`` is as received (percent-encoded); ``node_id`` is the node the path
     names (decoded), None for paths without one; ``body`` is the decoded JSON
-    request body (gunzipped), None when empty or not JSON; ``status`` is the answer
+    request body (gunzipped) once an endpoint accepted it (after authentication), None
+    when empty, refused, not JSON or over the record's byte bound; ``body_size`` its
+    size as received (JSON bytes), 0 when not kept; ``status`` is the answer
     (set when known; for an event stream, once its headers are sent). ``headers``
     keep every request header (case-insensitive); they and the body stay out of
     the repr.
@@ -35,6 +37,7 @@ class RecordedCall:
     path: str
     node_id: str | None
     body: Any = field(default=None, repr=False)
+    body_size: int = field(default=0, repr=False)
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     status: int | None = None
 

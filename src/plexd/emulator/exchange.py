@@ -22,6 +22,8 @@ T = TypeVar("T")
 
 # Largest request body the emulator reads (after gzip decompression).
 MAX_REQUEST_BODY = 16 * 1024 * 1024
+# Largest body of a request made before any token is checked (registration): small.
+MAX_UNAUTHENTICATED_BODY = 1024 * 1024
 JSON = "application/json"
 # The challenge of a 401 for a missing or wrong bearer token (RFC 6750).
 BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -67,18 +69,32 @@ def no_content() -> web.Response:
     return web.Response(status=204)
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The request body: aiohttp has already undone ``Content-Encoding: gzip`` and stops
-    reading past the application's ``client_max_size`` (413), decompressed bytes counted."""
-    return await request.read()
+async def read_body(request: web.Request, limit: int = MAX_REQUEST_BODY) -> bytes:
+    """The request body, 413 past ``limit`` bytes. aiohttp has already undone
+    ``Content-Encoding: gzip``: the decompressed bytes are counted, so a small gzip body
+    that inflates past the limit stops being read there."""
+    declared = request.content_length
+    if declared is not None and declared > limit:  # gzip or not: the inflated body is larger
+        raise Rejected(413, f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise Rejected(413, f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def decode_body(body: bytes, type: type[T]) -> T:
-    """Decode a JSON request body into a wire type the way a Go server would (400 otherwise)."""
+    """Decode a JSON request body into a wire type the way a Go server would; a body that
+    is empty, malformed, of the wrong shape or nested too deep is a 400."""
     if not body.strip():
         raise Rejected(400, "empty request body")
     try:
         return msgspec.json.decode(body, type=type)
+    except RecursionError:
+        raise Rejected(400, "bad request body: nested too deep") from None
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         raise Rejected(400, f"bad request body: {exc}") from None
 
@@ -89,7 +105,7 @@ def json_or_none(body: bytes) -> Any:
         return None
     try:
         return msgspec.json.decode(body)
-    except (msgspec.DecodeError, ValueError):
+    except (msgspec.DecodeError, ValueError, RecursionError):
         return None
 
 

@@ -20,6 +20,9 @@ ALL_NODES = "*"
 
 Count = Annotated[int, msgspec.Meta(ge=0)]
 HTTPStatus = Annotated[int, msgspec.Meta(ge=100, le=599)]
+# A Retry-After value a header can carry: visible ASCII, spaces and tabs, no line break
+# (a CR or LF would make every answer carrying it unsendable).
+RetryAfter = Annotated[str, msgspec.Meta(pattern=r"\A[\t\x20-\x7e]*\Z", max_length=128)]
 StatusScope = Literal["events", "all"]
 MalformedKind = Literal["invalid_json", "missing_event_id"]
 
@@ -42,7 +45,8 @@ class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     - ``status``: answer this status (with ``Retry-After: retry_after`` when set) to
       the node's event stream requests (``status_scope="events"``) or to all of its
       requests (``"all"``); ``status_count`` requests, or every one while
-      ``status_count`` is None. "Reject the next 3 requests with 503" is
+      ``status_count`` is None; ``retry_after`` is sent as it is (visible ASCII, at most
+      128 characters). "Reject the next 3 requests with 503" is
       ``status=503, status_scope="all", status_count=3``.
 
     Events (counted per event written to any stream of the node, replays included;
@@ -60,7 +64,7 @@ class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     status: HTTPStatus | None = None
     status_scope: StatusScope = "events"
     status_count: Count | None = None
-    retry_after: str | None = None
+    retry_after: RetryAfter | None = None
     corrupt_signatures: Count = 0
     malformed_events: Count = 0
     malformed_kind: MalformedKind = "invalid_json"

@@ -3,11 +3,15 @@
 
 Authorization of a node endpoint, in order: no or unknown bearer token → 401;
 the node in the path does not exist → 404; the token belongs to another node → 403.
+A request body is read and decoded only after that (registration, which carries its
+credential in the body, reads at most :data:`~.exchange.MAX_UNAUTHENTICATED_BODY`); a
+body that is too large, malformed or nested too deep is a 4xx problem document.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import TypeVar
 
 from aiohttp import web
@@ -18,8 +22,12 @@ from plexd.api import CHECKSUM_HEADER, EVENT_STREAM
 from .calls import bearer_token
 from .exchange import (
     BEARER_CHALLENGE,
+    MAX_REQUEST_BODY,
+    MAX_UNAUTHENTICATED_BODY,
+    RECORD_KEY,
     Rejected,
     decode_body,
+    json_or_none,
     json_response,
     mark_answered,
     no_content,
@@ -39,6 +47,8 @@ _EVENT_STREAM_HEADERS = {
 _NODE = "/v1/nodes/{node_id}"
 
 T = TypeVar("T")
+
+_log = logging.getLogger("plexd.emulator")
 
 
 class NodeAPI:
@@ -92,14 +102,21 @@ class NodeAPI:
             raise Rejected(403, "this token belongs to another node")
         return node
 
-    async def _body(self, request: web.Request, type: type[T]) -> T:
-        return decode_body(await read_body(request), type)
+    async def _body(self, request: web.Request, type: type[T], limit: int = MAX_REQUEST_BODY) -> T:
+        """The request body decoded into ``type`` (call it once the caller is authorized),
+        kept in the call record."""
+        body = await read_body(request, limit)
+        value = decode_body(body, type)
+        record = request.get(RECORD_KEY)
+        if record is not None:
+            self._state.record_body(record, body, json_or_none(body))
+        return value
 
     # --- registration and liveness ------------------------------------------
 
     async def register(self, request: web.Request) -> web.Response:
         """Exchange a bootstrap token for a node id and the node's own bearer token."""
-        req = await self._body(request, api.RegisterRequest)
+        req = await self._body(request, api.RegisterRequest, MAX_UNAUTHENTICATED_BODY)
         state = self._state
         if not state.is_bootstrap_token(req.token):
             raise Rejected(401, "unknown bootstrap token", BEARER_CHALLENGE)
@@ -176,8 +193,7 @@ class NodeAPI:
         caller = self._authenticate(request)
         req = await self._body(request, api.KeyRotateRequest)
         node = self._authorize(request, req.node_id or caller.id)
-        node.public_key = req.new_public_key
-        node.rotate_keys = False
+        self._state.rotate_node_key(node.id, req.new_public_key)
         node.key_rotations.append(req)
         return json_response(api.KeyRotateResponse(updated_peers=self._state.peers_of(node)))
 
@@ -190,7 +206,7 @@ class NodeAPI:
     async def report_endpoint(self, request: web.Request) -> web.Response:
         """Store the node's public endpoint; answer with the other nodes' endpoints."""
         node = self._node(request)
-        node.endpoint = await self._body(request, api.EndpointReport)
+        self._state.set_endpoint(node.id, await self._body(request, api.EndpointReport))
         peers = [
             api.PeerEndpoint(peer_id=peer.id, endpoint=peer.endpoint.public_endpoint)
             for peer in self._state.nodes.values()
@@ -270,15 +286,27 @@ class NodeAPI:
     # --- the event stream -----------------------------------------------------------
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        """Stream the node's events after ``Last-Event-ID`` and then live ones as published."""
+        """Stream the node's events: without ``Last-Event-ID`` new ones only, with it the
+        ones after it first; then live ones as published.
+
+        The stream's faults (a counted cut or stall) are taken only once the response
+        head is written: a client gone before that uses none up, and is logged at DEBUG.
+        """
         node = self._node(request)
         state = self._state
-        plan = state.take_stream_plan(node.id)
         response = web.StreamResponse(headers=_EVENT_STREAM_HEADERS)
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            _log.debug("event stream client left before the response", extra={"node_id": node.id})
+            return response
         mark_answered(request, response.status)
-        last_event_id = request.headers.get("Last-Event-ID", "")
-        stream = state.new_stream(node, last_event_id, response.write, plan)
+        if request.transport is None or request.transport.is_closing():
+            _log.debug("event stream client left before the response", extra={"node_id": node.id})
+            return response
+        plan = state.take_stream_plan(node.id)
+        cursor = request.headers.get("Last-Event-ID", "").strip() or None
+        stream = state.new_stream(node, cursor, response.write, plan)
         with state.open_stream(stream):
             try:
                 await stream.run()
@@ -288,5 +316,5 @@ class NodeAPI:
                 if request.transport is not None:
                     request.transport.close()
             except ConnectionError:
-                pass  # the client went away
+                _log.debug("event stream client went away", extra={"node_id": node.id})
         return response

@@ -35,13 +35,18 @@ from .exchange import (
     RECORD_KEY,
     Rejected,
     copy_headers,
-    json_or_none,
     problem_response,
-    read_body,
 )
 from .node_api import EVENTS_ROUTE, NodeAPI
 from .nodes import DEFAULT_ARTIFACT_SIZE
-from .state import DEFAULT_KEEPALIVE_INTERVAL, EmulatorState
+from .state import (
+    DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_MAX_ARTIFACT_BYTES,
+    DEFAULT_MAX_CALLS,
+    DEFAULT_MAX_EVENTS,
+    DEFAULT_MAX_RECORDED_BYTES,
+    EmulatorState,
+)
 
 # How long stop() lets requests still in flight finish before cancelling them.
 SHUTDOWN_TIMEOUT = 1.0
@@ -58,7 +63,9 @@ class Emulator(EmulatorState):
 
     The state and its Python API (nodes, publishing, faults, …) are those of
     :class:`~.state.EmulatorState`, whose other arguments ``tokens``,
-    ``keepalive_interval``, ``retry_ms``, ``signing_seed`` and ``artifact_size`` are.
+    ``keepalive_interval``, ``retry_ms``, ``signing_seed``, ``artifact_size``,
+    ``peer_events`` and the memory bounds (``max_events``, ``max_calls``,
+    ``max_recorded_bytes``, ``max_artifact_bytes``) are.
     ``admin_token`` guards the admin API under ``/_emulator/`` (None: open to loopback
     clients only). ``tls`` serves HTTPS with a certificate from a CA generated at start,
     written to :attr:`ca_file` (in ``tls_dir``, or a temporary directory removed at
@@ -77,6 +84,11 @@ class Emulator(EmulatorState):
         signing_seed: bytes | None = None,
         artifact_size: int = DEFAULT_ARTIFACT_SIZE,
         access_log: bool = False,
+        peer_events: bool = True,
+        max_events: int = DEFAULT_MAX_EVENTS,
+        max_calls: int = DEFAULT_MAX_CALLS,
+        max_recorded_bytes: int = DEFAULT_MAX_RECORDED_BYTES,
+        max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
     ) -> None:
         super().__init__(
             tokens=tokens,
@@ -84,13 +96,19 @@ class Emulator(EmulatorState):
             retry_ms=retry_ms,
             signing_seed=signing_seed,
             artifact_size=artifact_size,
+            peer_events=peer_events,
+            max_events=max_events,
+            max_calls=max_calls,
+            max_recorded_bytes=max_recorded_bytes,
+            max_artifact_bytes=max_artifact_bytes,
         )
         self.admin_token = admin_token
         self.tls = tls
         self.ca_file: Path | None = None
         self.host = ""
         self.port = 0
-        self._tls_dir = Path(tls_dir) if tls_dir is not None else None
+        # Absolute: the CA path is printed for other processes, maybe in other directories.
+        self._tls_dir = Path(tls_dir).absolute() if tls_dir is not None else None
         self._own_tls_dir: Path | None = None
         self._access_log = access_log
         self._runner: web.AppRunner | None = None
@@ -195,6 +213,11 @@ class Emulator(EmulatorState):
             host = f"[{host}]"
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
+    @property
+    def admin_url(self) -> str:
+        """Where the admin API lives: ``<url>/_emulator/``."""
+        return self.url + ADMIN_PREFIX
+
     def client(self, token: str = "", *, version: str = "0.0.0-emulator") -> ControlPlane:
         """A :class:`ControlPlane` for this emulator (plain HTTP), with ``token`` set.
 
@@ -222,9 +245,9 @@ def _middleware(state: EmulatorState, admin: AdminAPI) -> Middleware:
             headers=copy_headers(request),
         )
         request[RECORD_KEY] = record
-        state.calls.append(record)
+        state.record_call(record)
         try:
-            record.body = json_or_none(await read_body(request))
+            # The body is the handler's to read, once it knows who is calling.
             response = _fault_response(state, request, node_id) or await handler(request)
         except Rejected as rejected:
             response = problem_response(rejected)

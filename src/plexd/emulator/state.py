@@ -29,13 +29,30 @@ from plexd import api
 
 from . import faults as f
 from .calls import RecordedCall
-from .nodes import DEFAULT_ARTIFACT_SIZE, Node, SigningKeyring, artifact_blob, mesh_ip, new_token
-from .stream import StreamConnection
+from .nodes import (
+    DEFAULT_ARTIFACT_SIZE,
+    Node,
+    SigningKeyring,
+    artifact_blob,
+    check_transition,
+    encrypt_secret,
+    mesh_ip,
+    new_node_secret_key,
+    new_token,
+)
+from .stream import EventLog, StreamConnection
 
 # WIRE.md: "The server sends a `:` comment line as keep-alive (about every 25 s)".
 DEFAULT_KEEPALIVE_INTERVAL = 25.0
 # How long a signing_key_rotated transition lasts unless told otherwise (seconds).
 DEFAULT_TRANSITION = 300.0
+# The memory bounds (the oldest go first when one is reached): events kept per node for
+# replay, calls kept in the record, bytes of request bodies kept with them (counted as
+# received JSON), bytes of artifact blobs kept.
+DEFAULT_MAX_EVENTS = 10_000
+DEFAULT_MAX_CALLS = 10_000
+DEFAULT_MAX_RECORDED_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
 
 _log = logging.getLogger("plexd.emulator")
 
@@ -76,10 +93,18 @@ class EmulatorState:
     token when none are given: see :attr:`bootstrap_token`). ``keepalive_interval`` is
     the seconds between ``:`` comments on idle streams; ``retry_ms`` makes every stream
     start with ``retry: <ms>``. ``signing_seed`` (32 bytes) fixes the first signing key;
-    ``artifact_size`` is the size of the generated artifacts.
+    ``artifact_size`` is the size of the generated artifacts. ``peer_events`` (default
+    on) pushes ``peer_added``, ``peer_removed``, ``peer_key_rotated`` and
+    ``peer_endpoint_changed`` to the other nodes as nodes come, go and change; turn it off
+    for thousands of nodes (n nodes registering sign n²/2 events).
+
+    Memory is bounded, the oldest going first: ``max_events`` events per node are kept
+    for replay; :attr:`calls` keeps the last ``max_calls`` requests, and fewer when their
+    bodies exceed ``max_recorded_bytes`` in all; :attr:`artifacts` keeps
+    ``max_artifact_bytes`` of blobs (the most recent one always).
 
     State is plain data on the object: :attr:`nodes` (id → :class:`Node`, whose
-    lists hold what each node reported), :attr:`calls` (every node-API request, in
+    lists hold what each node reported), :attr:`calls` (node-API requests, in
     order), :attr:`artifacts`. Node ids are ``node-1``, ``node-2``, … in
     registration order.
     """
@@ -92,18 +117,34 @@ class EmulatorState:
         retry_ms: int | None = None,
         signing_seed: bytes | None = None,
         artifact_size: int = DEFAULT_ARTIFACT_SIZE,
+        peer_events: bool = True,
+        max_events: int = DEFAULT_MAX_EVENTS,
+        max_calls: int = DEFAULT_MAX_CALLS,
+        max_recorded_bytes: int = DEFAULT_MAX_RECORDED_BYTES,
+        max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
     ) -> None:
-        if keepalive_interval <= 0:
+        if not keepalive_interval > 0:
             raise ValueError("keepalive_interval must be positive")
         if retry_ms is not None and retry_ms < 0:
             raise ValueError("retry_ms must not be negative")
+        for name, bound in (("max_events", max_events), ("max_calls", max_calls)):
+            if bound < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if max_recorded_bytes < 0 or max_artifact_bytes < 0 or artifact_size < 0:
+            raise ValueError("byte bounds and artifact_size must not be negative")
         self.bootstrap_tokens: list[str] = list(tokens) if tokens else [new_token()]
         self.keepalive_interval = keepalive_interval
         self.retry_ms = retry_ms
         self.artifact_size = artifact_size
+        self.peer_events = peer_events
+        self.max_events = max_events
+        self.max_calls = max_calls
+        self.max_recorded_bytes = max_recorded_bytes
+        self.max_artifact_bytes = max_artifact_bytes
         self.nodes: dict[str, Node] = {}
         self.calls: list[RecordedCall] = []
         self.artifacts: dict[tuple[str, str, str], bytes] = {}
+        self._recorded_bytes = 0
         self._keys = SigningKeyring(signing_seed)
         self._by_token: dict[str, Node] = {}
         self._faults: dict[str, f.Faults] = {}
@@ -139,16 +180,18 @@ class EmulatorState:
         sequence = self._registered
         node = Node(
             id=f"node-{sequence}",
-            token=new_token(),
+            token=new_node_secret_key(),
             mesh_ip=mesh_ip(sequence),
             hostname=hostname,
             public_key=public_key or base64.b64encode(os.urandom(32)).decode("ascii"),
             metadata=dict(metadata or {}),
             capabilities=capabilities,
+            events=EventLog(self.max_events),
         )
+        self._announce(node, api.EventType.PEER_ADDED, node.as_peer())
         self.nodes[node.id] = node
         self._by_token[node.token] = node
-        _log.info("node registered", extra={"node_id": node.id, "hostname": hostname})
+        _log.info("node registered", extra={"node_id": node.id})
         return node
 
     def register_node(
@@ -167,7 +210,35 @@ class EmulatorState:
         node = self.nodes.pop(node_id)
         self._by_token.pop(node.token, None)
         node.events.close_streams()
+        self._announce(node, api.EventType.PEER_REMOVED, {"peer_id": node.id})
         _log.info("node deregistered", extra={"node_id": node_id})
+
+    def rotate_node_key(self, node_id: str, public_key: str) -> Node:
+        """Take a node's new WireGuard public key, as ``POST /v1/keys/rotate`` does: its
+        pending ``rotate_keys`` is satisfied and the other nodes get ``peer_key_rotated``."""
+        node = self.node(node_id)
+        node.public_key = public_key
+        node.rotate_keys = False
+        self._announce(node, api.EventType.PEER_KEY_ROTATED, node.as_peer())
+        return node
+
+    def set_endpoint(self, node_id: str, report: api.EndpointReport) -> Node:
+        """Take a node's endpoint report; a new public endpoint is pushed to the other
+        nodes as ``peer_endpoint_changed``."""
+        node = self.node(node_id)
+        before = node.endpoint.public_endpoint if node.endpoint else ""
+        node.endpoint = report
+        if report.public_endpoint != before:
+            self._announce(node, api.EventType.PEER_ENDPOINT_CHANGED, node.as_peer())
+        return node
+
+    def _announce(self, node: Node, event_type: api.EventType, payload: Any) -> None:
+        """Publish a peer event about ``node`` to every other registered node."""
+        if not self.peer_events:
+            return
+        for other in self.nodes.values():
+            if other is not node:
+                self.publish(other.id, event_type, payload)
 
     def node(self, node_id: str) -> Node:
         """The state of a registered node (raises KeyError for an unknown id)."""
@@ -177,8 +248,10 @@ class EmulatorState:
             raise KeyError(f"no node {node_id!r}") from None
 
     def peers_of(self, node: Node) -> list[api.Peer]:
-        """The other registered nodes, as ``node`` sees them."""
-        return [other.as_peer() for other in self.nodes.values() if other is not node]
+        """The other registered nodes as ``node`` sees them, then the peers seeded for it."""
+        peers = [other.as_peer() for other in self.nodes.values() if other is not node]
+        peers.extend(node.peers.values())
+        return peers
 
     def counts(self, node_id: str) -> dict[str, int]:
         """How many heartbeats, metrics, logs, audit entries, … the node sent."""
@@ -201,27 +274,86 @@ class EmulatorState:
         node.data[key] = entry
         return entry
 
-    def put_secret(
-        self, node_id: str, key: str, ciphertext: str, nonce: str = ""
-    ) -> api.SecretResponse:
-        """Add or replace a secret of the node (its version goes up by one)."""
+    def put_secret(self, node_id: str, key: str, value: bytes | str) -> api.SecretResponse:
+        """Add or replace a secret of the node (its version goes up by one).
+
+        ``value`` (str: its UTF-8 bytes) is stored encrypted with the node's secret key,
+        as the node decrypts it: ``plexd.api.decrypt_secret(node_secret_key, secret)``.
+        Needs the ``cryptography`` package (``ConfigError`` without it).
+        """
         node = self.node(node_id)
-        secret = api.SecretResponse(
-            key=key,
-            ciphertext=ciphertext,
-            nonce=nonce,
-            version=_next_version(node.secrets.get(key)),
-        )
+        plaintext = value.encode() if isinstance(value, str) else bytes(value)
+        secret = encrypt_secret(node.token, key, plaintext, _next_version(node.secrets.get(key)))
         node.secrets[key] = secret
         return secret
 
+    def add_peer(self, node_id: str, peer: api.Peer) -> api.Peer:
+        """Seed a peer the node sees (in its state, registration and key-rotation answers)
+        besides the other registered nodes; the node gets ``peer_added`` (when
+        ``peer_events`` is on). A peer with the same id is replaced."""
+        node = self.node(node_id)
+        node.peers[peer.id] = peer
+        if self.peer_events:
+            self.publish(node_id, api.EventType.PEER_ADDED, peer)
+        return peer
+
+    def put_policy(self, node_id: str, policy: api.Policy) -> api.Policy:
+        """Add or replace (by id) a policy of the node's state."""
+        node = self.node(node_id)
+        node.policies = [p for p in node.policies if p.id != policy.id] + [policy]
+        return policy
+
+    def set_metadata(self, node_id: str, metadata: Mapping[str, str]) -> dict[str, str]:
+        """Merge ``metadata`` into the node's; returns the whole of it."""
+        node = self.node(node_id)
+        node.metadata.update(metadata)
+        return node.metadata
+
     def artifact(self, version: str, os: str, arch: str) -> bytes:
-        """The blob served for an artifact (generated once; set ``artifacts[...]`` to override)."""
+        """The blob served for an artifact (generated once; set ``artifacts[...]`` to override).
+
+        Blobs are kept up to ``max_artifact_bytes`` in all, the oldest going first.
+        """
         key = (version, os, arch)
         blob = self.artifacts.get(key)
         if blob is None:
             blob = self.artifacts[key] = artifact_blob(version, os, arch, self.artifact_size)
+            self._trim_artifacts()
         return blob
+
+    def _trim_artifacts(self) -> None:
+        total = sum(len(blob) for blob in self.artifacts.values())
+        while total > self.max_artifact_bytes and len(self.artifacts) > 1:
+            oldest = next(iter(self.artifacts))
+            total -= len(self.artifacts.pop(oldest))
+
+    # --- the call record ------------------------------------------------------------------
+
+    def record_call(self, record: RecordedCall) -> None:
+        """Add a request to :attr:`calls` (the oldest go when ``max_calls`` is reached)."""
+        self.calls.append(record)
+        self._trim_calls()
+
+    def record_body(self, record: RecordedCall, body: bytes, decoded: Any) -> None:
+        """Keep a request's decoded body with its record; ``body`` (the JSON received)
+        counts against ``max_recorded_bytes``. A body larger than the bound is not kept."""
+        if len(body) > self.max_recorded_bytes:
+            return
+        record.body = decoded
+        record.body_size = len(body)
+        self._recorded_bytes += len(body)
+        self._trim_calls()
+
+    def _trim_calls(self) -> None:
+        calls = self.calls
+        drop = 0
+        while drop < len(calls) and (
+            len(calls) - drop > self.max_calls or self._recorded_bytes > self.max_recorded_bytes
+        ):
+            self._recorded_bytes -= calls[drop].body_size
+            drop += 1
+        if drop:
+            del calls[:drop]
 
     # --- signing and publishing -------------------------------------------------------------
 
@@ -284,7 +416,8 @@ class EmulatorState:
         return published
 
     def events(self, node_id: str) -> list[api.SignedEnvelope]:
-        """Every envelope published to the node, in order (index i has id i + 1)."""
+        """The envelopes the node's log holds, in order (the last ``max_events``
+        published; their ``event_id`` is their SSE id)."""
         return list(self.node(node_id).events.envelopes)
 
     def rotate_signing_key(
@@ -296,6 +429,7 @@ class EmulatorState:
         SigningKeys. That event is signed with the OLD key, so a client that only
         knows the old key can verify it; every later event is signed with the new key.
         """
+        check_transition(transition)
         old = self._keys.rotate(transition, seed)
         keys = self._keys.signing_keys()
         for node in self.nodes.values():
@@ -316,16 +450,32 @@ class EmulatorState:
     def new_stream(
         self,
         node: Node,
-        last_event_id: str,
+        last_event_id: str | None,
         write: Callable[[bytes], Awaitable[None]],
         plan: f.StreamPlan,
     ) -> StreamConnection:
-        """A connection streaming the node's log after ``last_event_id`` through ``write``,
-        cut or stalled as ``plan`` says; it looks the event faults up on every batch."""
+        """A connection streaming the node's log through ``write``, cut or stalled as
+        ``plan`` says; it looks the event faults up on every batch.
+
+        Without a cursor (``last_event_id`` None) it sends new events only; with one, the
+        events after it. A cursor the log does not hold (dropped by ``max_events``, never
+        issued, not a number) replays every event the log still has, and is logged.
+        """
         log = node.events
+        resume = log.resume_point(last_event_id)
+        if not resume.held:
+            _log.warning(
+                "cursor not in the event log: replaying the %d events it holds",
+                len(log),
+                extra={
+                    "node_id": node.id,
+                    "last_event_id": ascii((last_event_id or "")[:64]),
+                    "first_id": log.first_id,
+                },
+            )
         return StreamConnection(
             log,
-            log.start_index(last_event_id),
+            resume.next_id,
             write,
             lambda: self.applicable_faults(node.id),
             keepalive_interval=self.keepalive_interval,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -62,40 +63,64 @@ def spoiled_frame(event_id: int, envelope: SignedEnvelope, mutation: EventMutati
 
 
 class EventLog:
-    """The events published to one node, with ids 1, 2, 3, … and their SSE frames."""
+    """The events published to one node, with ids 1, 2, 3, … and their SSE frames.
 
-    def __init__(self) -> None:
+    It keeps the most recent ``max_events`` (None: every one); older events go first,
+    and ids keep counting. ``first_id`` is the id of the oldest event kept.
+    """
+
+    def __init__(self, max_events: int | None = None) -> None:
+        if max_events is not None and max_events < 1:
+            raise ValueError("max_events must be at least 1")
+        self.max_events = max_events
         self.envelopes: list[SignedEnvelope] = []
         self.frames: list[bytes] = []
+        self.first_id = 1
         self.streams: set[StreamConnection] = set()
 
     def __len__(self) -> int:
+        """How many events the log still holds."""
         return len(self.frames)
 
     @property
     def next_id(self) -> int:
         """The id the next published event gets."""
-        return len(self.frames) + 1
+        return self.first_id + len(self.frames)
+
+    @property
+    def published(self) -> int:
+        """How many events were ever published to the node (dropped ones included)."""
+        return self.next_id - 1
 
     def append(self, envelopes: Iterable[SignedEnvelope]) -> None:
         """Add events (their ``event_id`` is their log id) and wake every stream."""
         for envelope in envelopes:
-            event_id = len(self.frames) + 1
+            event_id = self.next_id
             self.frames.append(encode_frame(event_id, envelope.event_type, envelope_json(envelope)))
             self.envelopes.append(envelope)
+        excess = len(self.frames) - self.max_events if self.max_events is not None else 0
+        if excess > 0:
+            del self.frames[:excess]
+            del self.envelopes[:excess]
+            self.first_id += excess
         for stream in self.streams:
             stream.wake.set()
 
-    def start_index(self, last_event_id: str) -> int:
-        """Where a stream resuming after ``last_event_id`` starts: the events with a greater id.
+    def resume_point(self, last_event_id: str | None) -> Resume:
+        """Where a stream starts: after ``last_event_id`` (None: no cursor, new events only).
 
-        An absent or non-numeric id starts at the beginning (the whole log is sent).
+        A cursor the log does not hold (older than its oldest event, never issued, or not
+        an id of this log) starts at the oldest event kept, and says so (``held=False``).
         """
+        if last_event_id is None:
+            return Resume(self.next_id, held=True)
         try:
             last = int(last_event_id.strip())
         except ValueError:
-            return 0
-        return min(max(last, 0), len(self.frames))
+            return Resume(self.first_id, held=False)
+        if self.first_id - 1 <= last < self.next_id:
+            return Resume(last + 1, held=True)
+        return Resume(self.first_id, held=False)
 
     def close_streams(self) -> int:
         """End every connected stream (cleanly); returns how many there were."""
@@ -103,6 +128,14 @@ class EventLog:
         for stream in streams:
             stream.stop()
         return len(streams)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The id a new stream starts at, and whether the log held the client's cursor."""
+
+    next_id: int
+    held: bool
 
 
 class StreamCut(Exception):
@@ -119,7 +152,7 @@ class StreamConnection:
     def __init__(
         self,
         log: EventLog,
-        cursor: int,
+        next_id: int,
         write: Callable[[bytes], Awaitable[None]],
         faults: Callable[[], list[Faults]],
         *,
@@ -128,7 +161,8 @@ class StreamConnection:
         plan: StreamPlan = HEALTHY_STREAM,
     ) -> None:
         self.log = log
-        self.cursor = cursor
+        self.next_id = next_id
+        self.dropped = 0
         self.sent = 0
         self.wake = asyncio.Event()
         self._write = write
@@ -155,7 +189,7 @@ class StreamConnection:
             await self._send(retry_frame(self._retry_ms))
         while not self._stopped.is_set():
             self.wake.clear()
-            if self.cursor < len(self.log.frames):
+            if self.next_id < self.log.next_id:
                 await self._send(self._next_batch())
                 continue
             try:
@@ -165,22 +199,28 @@ class StreamConnection:
                 await self._send(KEEPALIVE)
 
     def _next_batch(self) -> bytes:
+        log = self.log
+        if self.next_id < log.first_id:
+            # The log dropped events this (slow) reader had not been sent yet.
+            self.dropped += log.first_id - self.next_id
+            self.next_id = log.first_id
+        index = self.next_id - log.first_id
         faults = self._faults()
         if faults and mutates_events(faults):
             mutation = take_event_mutation(faults)
-            index = self.cursor
-            self.cursor += 1
+            event_id = self.next_id
+            self.next_id += 1
             if mutation is not None:
-                return spoiled_frame(index + 1, self.log.envelopes[index], mutation)
-            return self.log.frames[index]
-        frames = self.log.frames
-        start = end = self.cursor
+                return spoiled_frame(event_id, log.envelopes[index], mutation)
+            return log.frames[index]
+        frames = log.frames
+        start = end = index
         size = 0
         stop = len(frames)
         while end < stop and size < BATCH_BYTES:
             size += len(frames[end])
             end += 1
-        self.cursor = end
+        self.next_id += end - start
         return b"".join(frames[start:end])
 
     async def _send(self, data: bytes) -> None:

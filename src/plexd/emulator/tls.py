@@ -1,7 +1,8 @@
 """Emulator, server layer: certificates for the HTTPS mode, a throwaway CA and a
 server certificate.
 
-Needs the ``cryptography`` package (imported only when TLS is asked for).
+Needs the ``cryptography`` package (imported only when TLS is asked for; without it,
+:class:`plexd.api.ConfigError` says so).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from plexd.api import ConfigError
 
 # A development certificate: long enough for any test run or demo, short enough
 # that a leaked one is soon worthless.
@@ -40,11 +43,11 @@ def generate_certificates(directory: Path, hosts: Sequence[str]) -> TLSFiles:
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise RuntimeError(
+    except ImportError:
+        raise ConfigError(
             "the emulator's TLS mode needs the 'cryptography' package "
             "(pip install 'plexd-api[emulator]')"
-        ) from exc
+        ) from None
 
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
