@@ -14,17 +14,20 @@ async def test_demo_passes_every_step_and_accounts_for_every_event() -> None:
     assert report.passed, "\n".join(lines)
     assert report.lines == lines
     assert report.event_types == {str(event_type) for event_type in EventType}
-    # 11 + 5 replayed + rotation + 3 + tampered + 1; the tampered one is not delivered.
-    assert (report.published, report.delivered, report.rejected) == (22, 21, 1)
+    # 11 + the peer's peer_added + 5 replayed + rotation + 3 + tampered + 1; the tampered
+    # one is not delivered.
+    assert (report.published, report.delivered, report.rejected) == (23, 22, 1)
+    assert any("decrypted with the node's secret key" in line for line in lines)
+    assert any("pushed peer_added" in line for line in lines)
     assert report.connections == 2
     assert lines[0].startswith("plexd-api demo: control plane emulator on http://127.0.0.1:")
     steps = [line for line in lines if line.startswith((OK, FAIL))]
-    assert len(steps) == 9 and all(line.startswith(OK) for line in steps)
+    assert len(steps) == 11 and all(line.startswith(OK) for line in steps)
     text = "\n".join(lines)
-    assert "resumed with Last-Event-ID: 11" in text
+    assert "resumed with Last-Event-ID: 12" in text
     assert "the verifier took it from the signing_key_rotated event" in text
-    assert "log warning: skipping unverifiable policy_updated event 21" in text
-    assert lines[-2].startswith("summary: 12/12 event types verified; 22 events published")
+    assert "log warning: skipping unverifiable policy_updated event 22" in text
+    assert lines[-2].startswith("summary: 12/12 event types verified; 23 events published")
     assert lines[-1] == "demo passed"
 
 
@@ -45,7 +48,7 @@ async def test_demo_command_exits_0_with_output_readable_in_a_log_file() -> None
     assert result.stderr == ""
     assert "\x1b" not in result.stdout  # no terminal escapes when not a terminal
     lines = result.stdout.splitlines()
-    assert sum(line.startswith(OK) for line in lines) == 9
+    assert sum(line.startswith(OK) for line in lines) == 11
     # Long lines stay whole: no wrapping at a terminal width.
     assert any(len(line) > 120 for line in lines)
     assert lines[-1] == "demo passed"

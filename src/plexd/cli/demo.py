@@ -3,8 +3,10 @@ checked step by step.
 
 ``plexd-api demo`` and ``make demo`` run it (``python -m plexd.cli.demo`` too). It starts an
 emulator on an ephemeral 127.0.0.1 port, registers a node, sends a heartbeat, fetches the
-state, streams events of all 12 types through :class:`SSEManager` with an
-:class:`Ed25519Verifier` built from the registration, has the server drop the stream and
+state, fetches a secret and decrypts it with the node's secret key, streams events of all 12
+types through :class:`SSEManager` with an :class:`Ed25519Verifier` built from the
+registration, registers a second node (the first sees the control plane's own
+``peer_added`` about it), has the server drop the stream and
 refuse two reconnects while it publishes more events (they must arrive once each after the
 reconnect), rotates the signing key (the verifier follows the ``signing_key_rotated`` event),
 sends one event with a corrupted signature (it must be skipped and logged while the stream

@@ -20,6 +20,7 @@ from plexd.api import (
     Ed25519Verifier,
     EventType,
     HeartbeatRequest,
+    Peer,
     PlexdError,
     RegisterRequest,
     RegisterResponse,
@@ -27,6 +28,8 @@ from plexd.api import (
     SSEManager,
     UnauthorizedError,
     __version__,
+    decode_raw,
+    decrypt_secret,
 )
 from plexd.emulator import Emulator, RecordedCall
 
@@ -42,6 +45,9 @@ RECONNECT_MAX = 0.5
 REFUSED_RECONNECTS = 2
 # Idle timeout of the demo's stream; the emulator's keep-alives are far more frequent.
 IDLE_TIMEOUT = 30.0
+# The secret the control plane holds for the node (the demo shows its size, not its value).
+SECRET_KEY = "db-password"
+SECRET_VALUE = b"correct horse battery staple"
 
 _PEER_KEY = base64.b64encode(bytes(range(32))).decode("ascii")
 _NEW_PEER_KEY = base64.b64encode(bytes(range(32, 64))).decode("ascii")
@@ -270,6 +276,18 @@ class Scenario:
             "its signing key matches the registration's"
         )
 
+    async def decrypt_secret(self) -> str:
+        assert self.registration is not None
+        self.emulator.put_secret(self.node_id, SECRET_KEY, SECRET_VALUE)
+        secret = await self.client.fetch_secret(self.node_id, SECRET_KEY)
+        # AES-256-GCM, keyed with the node_secret_key the registration handed out.
+        value = decrypt_secret(self.registration.node_secret_key, secret)
+        expect(value == SECRET_VALUE, "the decrypted secret differs from what was stored")
+        return (
+            f"secret {SECRET_KEY} (version {secret.version}) fetched and decrypted with the "
+            f"node's secret key (AES-256-GCM): {len(value)} bytes, as stored"
+        )
+
     async def stream(self) -> str:
         manager = self.manager = SSEManager(self.client, self.verifier, self.logger)
         manager.set_reconnect_intervals(RECONNECT_BASE, RECONNECT_MAX)
@@ -284,6 +302,41 @@ class Scenario:
         return (
             f"streamed and verified {len(published)} events, one of each type but "
             "signing_key_rotated (it comes with the key rotation below)"
+        )
+
+    async def peer_joins(self) -> str:
+        peer = ControlPlane(Config(base_url=self.emulator.url), __version__, self.logger)
+        async with peer:
+            joined = await peer.register(
+                RegisterRequest(
+                    token=self.emulator.bootstrap_token,
+                    public_key=base64.b64encode(os.urandom(32)).decode("ascii"),
+                    hostname="demo-peer",
+                )
+            )
+        # Nobody publishes this one: the control plane announces a new node by itself.
+
+        def announced() -> SignedEnvelope | None:
+            for envelope in self.received:
+                if envelope.event_type == EventType.PEER_ADDED and (
+                    decode_raw(envelope.payload, Peer).id == joined.node_id
+                ):
+                    return envelope
+            return None
+
+        await self._wait_until(lambda: announced() is not None, "the new peer's peer_added")
+        event = announced()
+        assert event is not None
+        self.published_ids.append(event.event_id)
+        state = await self.client.fetch_state(self.node_id)
+        expect(
+            joined.node_id in [p.id for p in state.peers],
+            "the node's state does not list the new peer",
+        )
+        return (
+            f"peer {joined.node_id} (demo-peer, mesh IP {joined.mesh_ip}) registered; the "
+            f"control plane pushed peer_added (event {event.event_id}, verified) to "
+            f"{self.node_id} by itself, and its state lists the peer"
         )
 
     async def replay_after_disconnect(self) -> str:
@@ -400,7 +453,9 @@ class Scenario:
             self.register,
             self.heartbeat,
             self.fetch_state,
+            self.decrypt_secret,
             self.stream,
+            self.peer_joins,
             self.replay_after_disconnect,
             self.rotate_signing_key,
             self.reject_tampered_event,

@@ -5,14 +5,17 @@
         emulator.publish(node_id, "peer_added", {"id": "peer-1"})
 
 See :class:`Emulator` for the Python API, :mod:`plexd.emulator.admin` for the
-admin HTTP API, :class:`Faults` for fault injection, and ``python -m plexd.emulator``.
+admin HTTP API (and :class:`AdminClient`, its client), :class:`Faults` for fault
+injection, and :mod:`plexd.emulator.command` for ``python -m plexd.emulator``, which is
+``plexd-api emulator`` too.
 
 Layers from the bottom (each module imports only from those below it, and from
 ``plexd.api``'s public names): ``calls`` and ``faults`` (plain rules and records) →
 ``stream`` and ``nodes`` (event logs, nodes, the keyring) → ``state`` (the control
 plane's state, no aiohttp) → ``exchange``, ``node_api`` and ``admin`` (HTTP handlers
-over the state) → ``server`` (:class:`Emulator`: lifecycle, TLS, middleware) →
-``__main__`` and ``pytest_plugin`` (entry points).
+over the state) → ``server`` (:class:`Emulator`: lifecycle, TLS, middleware) and
+``admin_client`` (the admin API's client, over ``plexd.api.ControlPlane``) →
+``command``, ``__main__`` and ``pytest_plugin`` (entry points).
 
 The names below are imported on first use, so that loading the pytest plugin
 (``plexd.emulator.pytest_plugin``) does not import aiohttp and the rest.
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from plexd.api import CHECKSUM_HEADER
 
+    from .admin_client import AdminClient
     from .calls import RecordedCall
     from .faults import ALL_NODES, Faults
     from .nodes import Node
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "ALL_NODES": ".faults",
+    "AdminClient": ".admin_client",
     "CHECKSUM_HEADER": ".node_api",
     "DEFAULT_KEEPALIVE_INTERVAL": ".state",
     "Emulator": ".server",
@@ -48,6 +53,7 @@ __all__ = [
     "ALL_NODES",
     "CHECKSUM_HEADER",
     "DEFAULT_KEEPALIVE_INTERVAL",
+    "AdminClient",
     "Emulator",
     "Faults",
     "Node",

@@ -46,7 +46,9 @@ async def _control_plane(request: pytest.FixtureRequest) -> AsyncIterator[Emulat
 
 
 def _needs_pytest_asyncio() -> None:
-    pytest.fail("the control_plane fixture needs pytest-asyncio (pip install pytest-asyncio)")
+    pytest.fail(
+        "the control_plane fixture needs pytest-asyncio (pip install 'plexd-api[testing]')"
+    )
 
 
 if importlib.util.find_spec("pytest_asyncio") is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ from .faults import (
     mutates_events,
     take_event_mutation,
 )
+
+_log = logging.getLogger("plexd.emulator")
 
 # A write gathers frames up to about this many bytes (replays and bursts).
 BATCH_BYTES = 256 * 1024
@@ -202,7 +205,9 @@ class StreamConnection:
         log = self.log
         if self.next_id < log.first_id:
             # The log dropped events this (slow) reader had not been sent yet.
-            self.dropped += log.first_id - self.next_id
+            missed = log.first_id - self.next_id
+            self.dropped += missed
+            _log.warning("a stream fell behind the event log bound: %d events skipped", missed)
             self.next_id = log.first_id
         index = self.next_id - log.first_id
         faults = self._faults()
