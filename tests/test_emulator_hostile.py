@@ -278,6 +278,19 @@ async def test_recorded_bodies_are_bounded_in_bytes_oldest_first() -> None:
         assert emulator.counts(node_id)["metrics"] == 4
 
 
+async def test_a_record_cleared_by_the_test_starts_its_byte_count_again() -> None:
+    async with Emulator(max_recorded_bytes=2500) as emulator:
+        node_id, token = emulator.register_node()
+        async with emulator.client(token) as client:
+            point = MetricPoint(group="g", data=msgspec.Raw(b'"%s"' % (b"x" * 900)))
+            await client.report_metrics(node_id, [point])
+            await client.report_metrics(node_id, [point])
+            emulator.calls.clear()
+            await client.report_metrics(node_id, [point])
+            await client.report_metrics(node_id, [point])
+        assert [call.body is not None for call in emulator.calls] == [True, True]
+
+
 async def test_a_body_larger_than_the_record_bound_is_not_kept_but_the_call_is() -> None:
     async with Emulator(max_recorded_bytes=100) as emulator:
         node_id, token = emulator.register_node()

@@ -346,6 +346,9 @@ class EmulatorState:
 
     def _trim_calls(self) -> None:
         calls = self.calls
+        if self._recorded_bytes > self.max_recorded_bytes:
+            # A test may have cleared or sliced the list itself: count again before dropping.
+            self._recorded_bytes = sum(call.body_size for call in calls)
         drop = 0
         while drop < len(calls) and (
             len(calls) - drop > self.max_calls or self._recorded_bytes > self.max_recorded_bytes
