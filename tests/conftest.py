@@ -37,6 +37,9 @@ from plexd.api import Config, ControlPlane
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Config fields that make a test client's retries quick: the rules stay, the waits shrink.
+TINY_RETRY_WAITS: dict[str, Any] = {"retry_base_delay": 0.001, "retry_max_delay": 0.004}
+
 
 @dataclasses.dataclass(frozen=True)
 class Received:
@@ -69,7 +72,12 @@ class Server:
         return self.received[-1]
 
     def client(self, **config: Any) -> ControlPlane:
-        """A ControlPlane (version 1.2.3) of this server; ``config`` as in Config."""
+        """A ControlPlane (version 1.2.3) of this server; ``config`` as in Config.
+
+        Retries wait at most a few milliseconds unless ``config`` says otherwise (a
+        Retry-After the server sends is still honoured).
+        """
+        config = {**TINY_RETRY_WAITS, **config}
         return ControlPlane(Config(base_url=self.url, **config), "1.2.3")
 
 

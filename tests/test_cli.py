@@ -275,7 +275,8 @@ async def test_missing_secret_exits_4(node_env: dict[str, str]) -> None:
 
 
 async def test_unreachable_url_exits_5() -> None:
-    env = cli_env(PLEXD_BASE_URL=f"http://127.0.0.1:{free_port()}")
+    # PLEXD_MAX_RETRIES (Config.from_env): one attempt, no waits before the answer.
+    env = cli_env(PLEXD_BASE_URL=f"http://127.0.0.1:{free_port()}", PLEXD_MAX_RETRIES="0")
     result = await run_cli("ping", env=env)
     assert result.returncode == EXIT_CONNECTION
     assert "PLEXD_BASE_URL" in assert_one_error_line(result)

@@ -48,10 +48,15 @@ def answering(body: bytes, *, status: int = 200, headers: dict[str, str] | None 
 
 
 async def heartbeat_answered_with(
-    loopback: Any, body: bytes, *, status: int = 200, headers: dict[str, str] | None = None
+    loopback: Any,
+    body: bytes,
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    **config: Any,
 ) -> HeartbeatResponse:
     server = await loopback(answering(body, status=status, headers=headers))
-    async with server.client() as cp:
+    async with server.client(**config) as cp:
         return await cp.heartbeat("n1", HeartbeatRequest())
 
 
@@ -381,8 +386,9 @@ async def test_a_huge_error_body_is_not_read_past_4096_bytes(loopback: Any) -> N
 
 async def test_retry_after_seconds_on_429(loopback: Any) -> None:
     with pytest.raises(RateLimitError) as info:
+        # One attempt: a retry would wait the 17 s (tests/test_retry.py has the waits).
         await heartbeat_answered_with(
-            loopback, b"slow down", status=429, headers={"Retry-After": "17"}
+            loopback, b"slow down", status=429, headers={"Retry-After": "17"}, max_retries=0
         )
     assert info.value.retry_after == 17.0
 

@@ -225,10 +225,14 @@ def test_tls_context_verifies_and_requires_tls_1_2() -> None:
 
 
 # --- timeouts -------------------------------------------------------------------------
+# (One attempt per call in these tests, max_retries=0: what is under test is how an attempt
+# ends. tests/test_retry.py tries again.)
 
 
 async def test_connect_timeout_when_the_listener_never_accepts(full_backlog: Any) -> None:
-    config = Config(base_url=f"http://{full_backlog}", connect_timeout=0.2, request_timeout=60)
+    config = Config(
+        base_url=f"http://{full_backlog}", connect_timeout=0.2, request_timeout=60, max_retries=0
+    )
     async with ControlPlane(config, "1.2.3") as cp:
         with pytest.raises(APITimeoutError, match="connect") as info:
             await cp.ping()
@@ -239,7 +243,7 @@ async def test_connect_timeout_covers_a_tls_handshake_that_never_completes(
     silent_server: Any,
 ) -> None:
     url = f"https://{silent_server.address}"
-    config = Config(base_url=url, connect_timeout=0.2, request_timeout=60)
+    config = Config(base_url=url, connect_timeout=0.2, request_timeout=60, max_retries=0)
     async with ControlPlane(config, "1.2.3") as cp:
         with pytest.raises(APITimeoutError, match="connect") as info:
             await cp.ping()
@@ -275,7 +279,7 @@ async def stalling_server(
 async def test_request_timeout_bounds_the_whole_call(loopback: Any, send_head: bool) -> None:
     async with (
         stalling_server(loopback, send_head) as (server, release),
-        server.client(request_timeout=0.2) as cp,
+        server.client(request_timeout=0.2, max_retries=0) as cp,
     ):
         with pytest.raises(APITimeoutError) as info:
             await cp.heartbeat("n1", HeartbeatRequest())
@@ -465,7 +469,8 @@ def free_port() -> int:
 
 
 async def test_connection_refused_is_a_connection_error() -> None:
-    async with ControlPlane(Config(base_url=f"http://127.0.0.1:{free_port()}"), "1.2.3") as cp:
+    config = Config(base_url=f"http://127.0.0.1:{free_port()}", max_retries=0)
+    async with ControlPlane(config, "1.2.3") as cp:
         with pytest.raises(APIConnectionError) as info:
             await cp.ping()
     assert isinstance(info.value.__cause__, aiohttp.ClientConnectorError)
@@ -473,7 +478,7 @@ async def test_connection_refused_is_a_connection_error() -> None:
 
 
 async def test_unknown_host_is_a_connection_error() -> None:
-    config = Config(base_url="http://plexd-test.invalid", request_timeout=5)
+    config = Config(base_url="http://plexd-test.invalid", request_timeout=5, max_retries=0)
     async with ControlPlane(config, "1.2.3") as cp:
         with pytest.raises(APIConnectionError) as info:
             await cp.ping()
@@ -490,7 +495,8 @@ async def test_connection_reset_is_a_connection_error() -> None:
     server = await asyncio.start_server(reset, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        async with ControlPlane(Config(base_url=f"http://127.0.0.1:{port}"), "1.2.3") as cp:
+        config = Config(base_url=f"http://127.0.0.1:{port}", max_retries=0)
+        async with ControlPlane(config, "1.2.3") as cp:
             with pytest.raises(APIConnectionError) as info:
                 await cp.heartbeat("n1", HeartbeatRequest())
     finally:
@@ -512,7 +518,7 @@ async def test_connection_reset_is_a_connection_error() -> None:
 )
 async def test_broken_http_is_a_connection_error(raw_server: Any, response: bytes) -> None:
     address = await raw_server(response)
-    async with ControlPlane(Config(base_url=f"http://{address}"), "1.2.3") as cp:
+    async with ControlPlane(Config(base_url=f"http://{address}", max_retries=0), "1.2.3") as cp:
         with pytest.raises(APIConnectionError) as info:
             await cp.heartbeat("n1", HeartbeatRequest())
     assert isinstance(info.value.__cause__, aiohttp.ClientError | OSError | EOFError)

@@ -96,7 +96,9 @@ def test_repr_of_a_config_never_shows_the_url_password(user: str, password: str)
     config = Config(base_url=f"https://{user}:{password}@cp.example/api", request_timeout=5)
     assert repr(config) == (
         "Config(base_url='https://***@cp.example/api', tls_insecure_skip_verify=False, "
-        "connect_timeout=0, request_timeout=5, sse_idle_timeout=0)"
+        "connect_timeout=0, request_timeout=5, sse_idle_timeout=0, max_retries=2, "
+        "retry_base_delay=0, retry_max_delay=0, token='', ca_file=None, client_cert=None, "
+        "client_key=None, proxy=None, trust_env=False)"
     )
 
 

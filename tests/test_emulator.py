@@ -427,7 +427,7 @@ async def test_the_next_n_requests_fail_with_5xx_then_succeed(emulator: Emulator
     async with emulator.client(token) as client:
         for _ in range(2):
             with pytest.raises(ServerError) as caught:
-                await client.fetch_state(node_id)
+                await client.fetch_state(node_id, max_retries=0)
             assert caught.value.status_code == 503
         await client.fetch_state(node_id)
     assert [c.status for c in emulator.calls[1:]] == [503, 503, 200]
@@ -439,7 +439,9 @@ async def test_a_status_fault_for_all_endpoints_carries_retry_after(emulator: Em
     async with emulator.client(token) as client:
         for _ in range(3):
             with pytest.raises(RateLimitError) as caught:
-                await client.heartbeat(node_id, HeartbeatRequest(node_id=node_id, timestamp=NOW))
+                await client.heartbeat(
+                    node_id, HeartbeatRequest(node_id=node_id, timestamp=NOW), max_retries=0
+                )
             assert caught.value.retry_after == 7
         emulator.clear_faults(node_id)
         await client.heartbeat(node_id, HeartbeatRequest(node_id=node_id, timestamp=NOW))
@@ -450,7 +452,7 @@ async def test_faults_of_every_node_apply_to_unauthenticated_calls_too(
 ) -> None:
     emulator.set_faults("*", status=502, status_scope="all", status_count=1)
     with pytest.raises(ServerError):
-        await anonymous.ping()
+        await anonymous.ping(max_retries=0)
     await anonymous.ping()
 
 
@@ -482,7 +484,7 @@ async def test_admin_endpoint_sets_and_clears_faults(emulator: Emulator) -> None
             assert (await resp.json())["status"] == 503
         async with emulator.client(token) as client:
             with pytest.raises(ServerError):
-                await client.fetch_state(node_id)
+                await client.fetch_state(node_id, max_retries=0)
             async with session.delete(admin) as resp:
                 assert resp.status == 200
             await client.fetch_state(node_id)

@@ -356,8 +356,14 @@ async def no_other_tasks() -> None:
 
 
 def client_for(url: str) -> ControlPlane:
+    # One attempt per call: what is under test is how each attempt ends; retries run the
+    # same attempt again (tests/test_retry.py bounds their number and time).
     config = Config(
-        base_url=url, connect_timeout=TIMEOUT, request_timeout=TIMEOUT, sse_idle_timeout=TIMEOUT
+        base_url=url,
+        connect_timeout=TIMEOUT,
+        request_timeout=TIMEOUT,
+        sse_idle_timeout=TIMEOUT,
+        max_retries=0,
     )
     client = ControlPlane(config, "9.9.9")
     client.set_auth_token(TOKEN)

@@ -123,3 +123,33 @@ def test_modules_are_private_but_errors() -> None:
     package = pathlib.Path(plexd.api.__file__).parent
     modules = {path.stem for path in package.glob("*.py")} - {"__init__"}
     assert {name for name in modules if not name.startswith("_")} <= {"errors", "sync"}
+
+
+# API.md, "Additions: sync API, retries, options" (the names of the request half).
+ADDED_NAMES = ["ArtifactDownload", "CONFIG_ENV_VARIABLES"]
+
+
+def test_the_added_names_are_exported() -> None:
+    assert [name for name in ADDED_NAMES if name not in plexd.api.__all__] == []
+    assert plexd.api.Config("http://cp.example").max_retries == 2
+    assert inspect.ismethod(plexd.api.Config.from_env)
+    assert plexd.api.APIError(500, "").correlation_id == ""
+
+
+def test_every_endpoint_method_takes_a_keyword_only_max_retries() -> None:
+    # connect_sse is the one left out: its reconnections are SSEManager's and EventSource's.
+    endpoints = [
+        name
+        for name, member in vars(plexd.api.ControlPlane).items()
+        if not name.startswith("_")
+        and inspect.isfunction(member)
+        and name not in {"connect_sse", "set_auth_token", "aclose"}
+    ]
+    assert len(endpoints) == 19
+    for name in endpoints:
+        parameter = inspect.signature(getattr(plexd.api.ControlPlane, name)).parameters.get(
+            "max_retries"
+        )
+        assert parameter is not None, name
+        assert parameter.kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert parameter.default is None, name

@@ -65,7 +65,7 @@ async def test_a_malformed_response_leaves_no_token_in_the_exception_chain(
     raw_server: Any, name: str
 ) -> None:
     address = await raw_server(MALFORMED[name])
-    async with ControlPlane(Config(base_url=f"http://{address}"), "1.2.3") as cp:
+    async with ControlPlane(Config(base_url=f"http://{address}", max_retries=0), "1.2.3") as cp:
         cp.set_auth_token(TOKEN)
         with pytest.raises(PlexdError) as info:
             if name.startswith("stream"):
@@ -83,7 +83,7 @@ async def test_a_malformed_response_leaves_no_token_in_the_exception_chain(
 
 async def test_the_scrubbed_request_info_keeps_what_is_not_secret(raw_server: Any) -> None:
     address = await raw_server(MALFORMED["bad-status-line"])
-    async with ControlPlane(Config(base_url=f"http://{address}"), "1.2.3") as cp:
+    async with ControlPlane(Config(base_url=f"http://{address}", max_retries=0), "1.2.3") as cp:
         cp.set_auth_token(TOKEN)
         with pytest.raises(APIConnectionError) as info:
             await cp.ping()

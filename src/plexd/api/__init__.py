@@ -1,12 +1,14 @@
 """plexd-api: the asyncio client a Plexsphere node uses to talk to its control plane."""
 
+from ._artifact import CHECKSUM_HEADER, ArtifactDownload
 from ._classify import FailureAction, classify_error
-from ._client import CHECKSUM_HEADER, ControlPlane
-from ._config import Config, shown_url
+from ._client import ControlPlane
+from ._config import CONFIG_ENV_VARIABLES, Config, shown_url
 from ._dispatch import EventDispatcher, EventHandler
 from ._envelope import SignedEnvelope, parse_envelope
 from ._eventsource import EventSource
 from ._http import EVENT_STREAM, ArtifactStream, EventStreamResponse
+from ._log import setup_logging as _setup_logging
 from ._manager import SSEManager
 from ._reconnect import (
     MAX_RETRY_AFTER,
@@ -97,8 +99,12 @@ from .errors import (
 
 __version__ = "0.1.0"
 
+# The package logger's NullHandler, and stderr logging when PLEXD_LOG asks for it.
+_setup_logging()
+
 __all__ = [
     "CHECKSUM_HEADER",
+    "CONFIG_ENV_VARIABLES",
     "EVENT_STREAM",
     "MAX_RETRY_AFTER",
     "MIN_SERVER_RETRY",
@@ -112,6 +118,7 @@ __all__ = [
     "ActionParam",
     "ArgumentError",
     "ArgumentTypeError",
+    "ArtifactDownload",
     "ArtifactStream",
     "AttemptHooks",
     "AuditEntry",

@@ -16,10 +16,12 @@ from typing import TypeVar
 
 import aiohttp
 
+from ._retry import Failure, FailureKind
 from ._transport import release_tls_write_buffer, scrub_transport_error
 from .errors import (
     MAX_ERROR_BODY,
     APIConnectionError,
+    APIError,
     APITimeoutError,
     PlexdError,
     ResponseError,
@@ -62,6 +64,36 @@ def map_transport_error(exc: BaseException, what: str) -> PlexdError:
 
 
 TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, EOFError)
+
+
+def transport_failure(exc: BaseException) -> Failure:
+    """What a transport exception means for a retry (see ``_retry``)."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientHttpProxyError):
+        # A certificate the client refuses, a proxy that refuses the tunnel: trying
+        # again gets the same answer.
+        return _OTHER_FAILURE
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        # No connection (refused, DNS, TLS handshake, connect timeout): nothing was sent.
+        return _CONNECT_FAILURE
+    if isinstance(exc, TimeoutError):
+        return _TIMEOUT_FAILURE
+    return _BROKEN_FAILURE
+
+
+def failure_of(error: PlexdError) -> Failure:
+    """What a PlexdError raised by a call means for a retry: its status, or what its
+    transport exception (``__cause__``) says."""
+    if isinstance(error, APIError):
+        return Failure(FailureKind.STATUS, error.status_code, error.retry_after)
+    if isinstance(error, APIConnectionError) and error.__cause__ is not None:
+        return transport_failure(error.__cause__)
+    return _OTHER_FAILURE
+
+
+_OTHER_FAILURE = Failure(FailureKind.OTHER)
+_CONNECT_FAILURE = Failure(FailureKind.CONNECT)
+_TIMEOUT_FAILURE = Failure(FailureKind.TIMEOUT)
+_BROKEN_FAILURE = Failure(FailureKind.BROKEN)
 
 
 def _content_encoding(response: aiohttp.ClientResponse) -> str:

@@ -25,19 +25,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import socket
 import ssl
 import threading
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ._config import redact_url
-from .errors import MASK, ArgumentError
+from ._config import Config, redact_url, validate_proxy
+from .errors import MASK, ArgumentError, ConfigError
 
 # Concurrent TLS connection set-ups (TCP connect + handshake) per server and
 # event loop. The handshakes run on the loop's thread anyway: a queue this long
@@ -98,6 +99,112 @@ def shared_ssl_context(insecure_skip_verify: bool = False) -> ssl.SSLContext:
     thousands of nodes must not do it once per client.
     """
     return build_ssl_context(insecure_skip_verify)
+
+
+def ssl_context_for(config: Config) -> ssl.SSLContext:
+    """The TLS settings of a client of ``config``: the process's shared context, or,
+    when ``config`` names a CA file or a client certificate, a context of its own with
+    them loaded (:class:`ConfigError` naming the field when one cannot be used)."""
+    if config.ca_file is None and config.client_cert is None:
+        return shared_ssl_context(config.tls_insecure_skip_verify)
+    context = build_ssl_context(config.tls_insecure_skip_verify)
+    if config.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=config.ca_file)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConfigError(
+                f"ca_file {os.fspath(config.ca_file)!r}: not a usable CA certificate "
+                f"file (PEM): {_reason(exc)}"
+            ) from None
+    if config.client_cert is not None:
+        _load_client_certificate(context, config.client_cert, config.client_key)
+    return context
+
+
+def proxy_for(config: Config, environ: Mapping[str, str] | None = None) -> str | None:
+    """The proxy a client of ``config`` goes through: ``config.proxy``, else with
+    ``trust_env`` the one the environment (default: ``os.environ``) names for the base
+    URL's scheme (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, any case) unless
+    ``NO_PROXY`` covers its host; None for a direct connection."""
+    if config.proxy is not None or not config.trust_env:
+        return config.proxy
+    proxies = _environment_proxies(os.environ if environ is None else environ)
+    url = URL(config.base_url)
+    proxy = proxies.get(url.scheme.lower()) or proxies.get("all")
+    if not proxy or _bypassed(url.host or "", url.port, proxies.get("no", "")):
+        return None
+    try:
+        validate_proxy(proxy)
+    except ConfigError as exc:
+        raise ConfigError(f"the environment's proxy for {url.scheme}: {exc}") from None
+    return proxy
+
+
+def _environment_proxies(environ: Mapping[str, str]) -> dict[str, str]:
+    # As curl and urllib read them: NAME_PROXY in any case, the lowercase one winning.
+    found: dict[str, str] = {}
+    for name, value in environ.items():
+        if value and name.lower().endswith("_proxy"):
+            scheme = name[: -len("_proxy")].lower()
+            if name.islower() or scheme not in found:
+                found[scheme] = value
+    return found
+
+
+def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
+    host = host.lower().rstrip(".")
+    for entry in no_proxy.replace(" ", ",").split(","):
+        entry = entry.strip().lower()
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        entry_host, _, entry_port = entry.rpartition(":") if _has_port(entry) else (entry, "", "")
+        if entry_port and str(port) != entry_port:
+            continue
+        entry_host = entry_host.lstrip(".").rstrip(".").strip("[]")
+        if host.strip("[]") == entry_host or host.endswith("." + entry_host):
+            return True
+    return False
+
+
+def _has_port(entry: str) -> bool:
+    # "host:8080" or "[::1]:8080"; a bare IPv6 address ("::1") has colons but no port.
+    head, _, tail = entry.rpartition(":")
+    return bool(head) and tail.isdigit() and (entry.count(":") == 1 or head.endswith("]"))
+
+
+def _load_client_certificate(
+    context: ssl.SSLContext,
+    cert: str | os.PathLike[str],
+    key: str | os.PathLike[str] | None,
+) -> None:
+    asked_for_password = False
+
+    def no_password() -> bytes:
+        # Without a callback OpenSSL would prompt on the terminal for an encrypted key.
+        nonlocal asked_for_password
+        asked_for_password = True
+        return b""
+
+    try:
+        context.load_cert_chain(cert, key, password=no_password)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        if asked_for_password:
+            reason = "the key is encrypted; give an unencrypted key (protect it by file mode)"
+        else:
+            reason = _reason(exc)
+        key_shown = f" with client_key {os.fspath(key)!r}" if key is not None else ""
+        raise ConfigError(
+            f"client_cert {os.fspath(cert)!r}{key_shown}: not a usable certificate and "
+            f"private key (PEM): {reason}"
+        ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 # The buffer only carries bytes from recv_into() to the TLS object within one

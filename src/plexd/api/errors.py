@@ -52,6 +52,11 @@ PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 # What a secret (a token, a password, a key) shows as in a repr, a message or a log line.
 MASK = "***"
+# The header a server or proxy names its log entry for a request with.
+CORRELATION_ID_HEADER = "X-Correlation-Id"
+# A correlation id longer than this (UTF-8 bytes) is dropped: an id is a short token,
+# and a long one is a server (or proxy) stuffing text into our messages.
+MAX_CORRELATION_ID = 256
 
 
 def printable(text: str) -> str:
@@ -106,7 +111,10 @@ class APIError(PlexdError):
 
     ``message`` is the start of the response body (at most 4096 bytes). When the
     body is an RFC 9457 problem document, ``title``, ``detail`` and ``code`` carry
-    its members (empty when absent).
+    its members (empty when absent). ``correlation_id`` names the request in the
+    server's logs: the problem document's ``correlation_id``, else the response's
+    ``X-Correlation-Id`` header; "" when neither gave a usable one (one over 256
+    bytes is dropped, unprintable characters are removed).
     """
 
     def __init__(
@@ -120,6 +128,7 @@ class APIError(PlexdError):
         code: str = "",
         method: str = "",
         path: str = "",
+        correlation_id: str = "",
     ) -> None:
         self.status_code = status_code
         self.message = message
@@ -129,12 +138,16 @@ class APIError(PlexdError):
         self.code = code
         self.method = method
         self.path = path
+        self.correlation_id = correlation_id
         super().__init__(status_code, message)
 
     def __str__(self) -> str:
         where = f"{self.method} {self.path}: " if self.method else ""
         text = printable(self.detail or self.title or self.message.strip())
-        return f"{where}HTTP {self.status_code}" + (f": {text}" if text else "")
+        shown = f"{where}HTTP {self.status_code}" + (f": {text}" if text else "")
+        if self.correlation_id:
+            shown += f" (correlation id {printable(self.correlation_id)})"
+        return shown
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status_code={self.status_code}, message={self.message!r})"
@@ -266,16 +279,41 @@ class _Problem(msgspec.Struct):
     title: Any = ""
     detail: Any = ""
     code: Any = ""
+    correlation_id: Any = ""
 
 
-def _problem_members(body: bytes) -> tuple[str, str, str]:
+_NO_PROBLEM = ("", "", "", "")
+
+
+def _problem_members(body: bytes) -> tuple[str, str, str, str]:
     # A problem body is the server's word, not ours to trust: anything that does not
     # decode (nesting too deep for the decoder included) leaves the members empty.
     try:
         problem = msgspec.json.decode(body, type=_Problem)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        return "", "", ""
-    return (_member(problem.title), _member(problem.detail), _member(problem.code))
+        return _NO_PROBLEM
+    correlation_id = problem.correlation_id
+    return (
+        _member(problem.title),
+        _member(problem.detail),
+        _member(problem.code),
+        correlation_id if isinstance(correlation_id, str) else "",
+    )
+
+
+def correlation_id_of(value: str | None) -> str:
+    """A correlation id as it may be kept and shown: "" for none or one longer than
+    :data:`MAX_CORRELATION_ID` UTF-8 bytes; unprintable characters (line breaks,
+    escape sequences, bidirectional overrides) removed, so it cannot forge a log line."""
+    if not value:
+        return ""
+    if len(value) > MAX_CORRELATION_ID or (
+        not value.isascii() and len(value.encode("utf-8", "surrogatepass")) > MAX_CORRELATION_ID
+    ):
+        return ""
+    if value.isprintable():
+        return value.strip()
+    return "".join(char for char in value if char.isprintable()).strip()
 
 
 def _member(value: Any) -> str:
@@ -300,10 +338,13 @@ def from_response(
     retry_after = None
     if status in RETRY_AFTER_STATUSES:
         retry_after = parse_retry_after(headers.get("Retry-After"))
-    title = detail = code = ""
+    title = detail = code = correlation_id = ""
     content_type = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     if content_type == PROBLEM_JSON:
-        title, detail, code = _problem_members(body)
+        title, detail, code, correlation_id = _problem_members(body)
+    correlation_id = correlation_id_of(correlation_id) or correlation_id_of(
+        headers.get(CORRELATION_ID_HEADER)
+    )
     return error_class(status)(
         status,
         body.decode("utf-8", errors="replace"),
@@ -313,4 +354,5 @@ def from_response(
         code=code,
         method=method,
         path=path,
+        correlation_id=correlation_id,
     )

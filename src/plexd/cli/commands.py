@@ -49,6 +49,13 @@ Environment:
   PLEXD_VERIFY_KEY       watch --verify-key (the signing key, from register)
   PLEXD_BOOTSTRAP_TOKEN  register --bootstrap-token
   PLEXD_CA_FILE          --ca-file
+  PLEXD_TIMEOUT          --timeout
+  PLEXD_MAX_RETRIES      retries of a failed request (default 2, 0: none)
+  PLEXD_CLIENT_CERT      client certificate (PEM) for mutual TLS
+  PLEXD_CLIENT_KEY       its private key (PEM, unencrypted), if not in the certificate file
+  PLEXD_PROXY            an http:// proxy for every request
+  PLEXD_TRUST_ENV=1      use HTTPS_PROXY / HTTP_PROXY / NO_PROXY
+  PLEXD_LOG=debug|info   the library's log lines on stderr
   PLEXD_DEBUG=1          print the traceback of an unexpected error
 
 \b
@@ -244,7 +251,7 @@ def secret(node_id: str, key: str, show_secrets: bool, decrypt: bool) -> None:
     if not decrypt:
         _print_json(fetched, show_secrets)
         return
-    value = decrypt_secret(connection().token, fetched)
+    value = decrypt_secret(connection().config.token, fetched)
     sys.stdout.buffer.write(value)
     sys.stdout.buffer.flush()
 

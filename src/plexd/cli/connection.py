@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import signal
-import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
 
-from plexd.api import Config, ConfigError, ControlPlane, __version__, build_ssl_context
+from plexd.api import CONFIG_ENV_VARIABLES, Config, ControlPlane, __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -31,39 +32,32 @@ _CONNECTION_KEY = "plexd.cli.connection"
 
 @dataclass(frozen=True)
 class Connection:
-    """Where the control plane is and how to talk to it, from the connection options."""
+    """Where the control plane is and how to talk to it: the library's
+    :meth:`Config.from_env` reading of the ``PLEXD_*`` variables, with the connection
+    options given on the command line in their place."""
 
-    base_url: str
-    token: str
-    ca_file: str | None
-    insecure: bool
-    timeout: float
+    config: Config
+
+    @property
+    def base_url(self) -> str:
+        """The control plane's URL."""
+        return self.config.base_url
 
     def client(self, *, sse_idle_timeout: float = 0) -> ControlPlane:
-        """A ControlPlane with these settings and the token set."""
-        config = Config(
-            base_url=self.base_url,
-            tls_insecure_skip_verify=self.insecure,
-            request_timeout=self.timeout,
-            sse_idle_timeout=sse_idle_timeout,
-        )
-        client = ControlPlane(
-            config, __version__, logging.getLogger(LOGGER), ssl_context=self._ssl_context()
-        )
-        client.set_auth_token(self.token)
-        return client
+        """A ControlPlane with these settings (and the token) set."""
+        config = dataclasses.replace(self.config, sse_idle_timeout=sse_idle_timeout)
+        return ControlPlane(config, __version__, logging.getLogger(LOGGER))
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if self.ca_file is None:
-            return None
-        context = build_ssl_context()
-        try:
-            context.load_verify_locations(cafile=self.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"--ca-file {self.ca_file}: not a usable CA certificate: {exc}"
-            ) from None
-        return context
+
+# The options that stand for a PLEXD_* variable of Config.from_env: one reading of the
+# environment, the library's; an option given on the command line replaces its variable.
+_OPTION_VARIABLES = {
+    "base_url": CONFIG_ENV_VARIABLES["base_url"],
+    "token": CONFIG_ENV_VARIABLES["token"],
+    "ca_file": CONFIG_ENV_VARIABLES["ca_file"],
+    "timeout": CONFIG_ENV_VARIABLES["request_timeout"],
+}
+_TOKEN_REQUIRED = "token_required"
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -72,37 +66,35 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 
 
 def connection_options(*, token: bool = True, token_required: bool = True) -> Callable[[F], F]:
-    """The options of every command that talks to a control plane (see :func:`connection`)."""
+    """The options of every command that talks to a control plane (see :func:`connection`).
+
+    Each of ``--base-url``, ``--token``, ``--ca-file`` and ``--timeout`` stands for its
+    ``PLEXD_*`` variable (Config.from_env reads the rest: PLEXD_CLIENT_CERT, PLEXD_PROXY...).
+    """
 
     def decorate(f: F) -> F:
         shared: dict[str, Any] = {"expose_value": False, "callback": _remember}
         options = [
             click.option(
                 "--base-url",
-                envvar="PLEXD_BASE_URL",
-                show_envvar=True,
-                required=True,
                 metavar="URL",
-                help="The control plane, e.g. http://127.0.0.1:8080.",
+                help="The control plane, e.g. http://127.0.0.1:8080.  [env var: PLEXD_BASE_URL]",
                 **shared,
             ),
             click.option(
                 "--token",
-                envvar="PLEXD_TOKEN",
-                show_envvar=True,
-                required=token_required,
-                default="",
                 hidden=not token,
                 metavar="TOKEN",
-                help="The node's bearer token (register prints it once).",
-                **shared,
+                help="The node's bearer token (register prints it once).  "
+                "[env var: PLEXD_TOKEN]",
+                expose_value=False,
+                callback=remember_token,
             ),
             click.option(
                 "--ca-file",
-                envvar="PLEXD_CA_FILE",
-                show_envvar=True,
                 type=click.Path(exists=True, dir_okay=False),
-                help="Also trust this CA (PEM), e.g. the one `plexd-api emulator --tls` prints.",
+                help="Also trust this CA (PEM), e.g. the one `plexd-api emulator --tls` "
+                "prints.  [env var: PLEXD_CA_FILE]",
                 **shared,
             ),
             click.option(
@@ -114,9 +106,8 @@ def connection_options(*, token: bool = True, token_required: bool = True) -> Ca
             click.option(
                 "--timeout",
                 type=click.FloatRange(min=0),
-                default=0,
                 metavar="SECONDS",
-                help="Bound on each request (0: 30 s).",
+                help="Bound on each request (0: 30 s).  [env var: PLEXD_TIMEOUT]",
                 **shared,
             ),
         ]
@@ -124,19 +115,30 @@ def connection_options(*, token: bool = True, token_required: bool = True) -> Ca
             f = option(f)
         return f
 
+    def remember_token(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        ctx.meta.setdefault(_CONNECTION_KEY, {})[_TOKEN_REQUIRED] = token_required
+        return _remember(ctx, param, value)
+
     return decorate
 
 
 def connection() -> Connection:
-    """The connection options of the running command."""
+    """The connection settings of the running command: ``Config.from_env`` of the
+    environment with the options given in place of their variables."""
     values = click.get_current_context().meta[_CONNECTION_KEY]
-    return Connection(
-        base_url=values["base_url"],
-        token=values.get("token") or "",
-        ca_file=values.get("ca_file"),
-        insecure=bool(values.get("insecure")),
-        timeout=float(values.get("timeout") or 0),
-    )
+    environ = dict(os.environ)
+    for name, variable in _OPTION_VARIABLES.items():
+        value = values.get(name)
+        if value is not None:
+            environ[variable] = str(value)
+    if not environ.get(CONFIG_ENV_VARIABLES["base_url"]):
+        raise click.UsageError("Missing option '--base-url' (or PLEXD_BASE_URL).")
+    config = Config.from_env(environ)
+    if values.get(_TOKEN_REQUIRED, True) and not config.token:
+        raise click.UsageError("Missing option '--token' (or PLEXD_TOKEN).")
+    if values.get("insecure"):
+        config.tls_insecure_skip_verify = True
+    return Connection(config)
 
 
 def call_control_plane(request: Callable[[ControlPlane], Awaitable[T]]) -> T:
