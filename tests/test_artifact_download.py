@@ -18,6 +18,7 @@ from plexd.api import (
     ArgumentError,
     ArtifactDownload,
     ChecksumError,
+    PlexdError,
 )
 from plexd.emulator import Emulator
 
@@ -253,3 +254,13 @@ async def test_arguments_of_a_download_are_checked(loopback: Any, tmp_path: Path
         with pytest.raises(ArgumentError, match="dest="):
             client.fetch_artifact(*ARTIFACT, sha256=DIGEST)  # type: ignore[call-overload]
     assert server.ranges == []
+
+
+async def test_a_destination_that_cannot_be_written_is_a_plexd_error(
+    loopback: Any, tmp_path: Path
+) -> None:
+    server = RangeServer()
+    async with await serve(loopback, server) as client:
+        with pytest.raises(PlexdError, match="cannot write") as caught:
+            await client.fetch_artifact(*ARTIFACT, dest=tmp_path / "missing-dir" / "plexd")
+    assert isinstance(caught.value.__cause__, FileNotFoundError)

@@ -19,6 +19,7 @@ import msgspec
 import pytest
 from nacl.signing import SigningKey
 
+from conftest import ForwardProxy
 from plexd.api import (
     APIConnectionError,
     APITimeoutError,
@@ -286,6 +287,27 @@ async def test_missing_base_url_is_a_usage_error() -> None:
     result = await run_cli("ping", env=cli_env())
     assert result.returncode == EXIT_USAGE
     assert "--base-url" in assert_one_error_line(result)
+
+
+async def test_missing_token_is_a_usage_error(base_env: dict[str, str]) -> None:
+    result = await run_cli("state", "--node-id", "node-1", env=base_env)
+    assert result.returncode == EXIT_USAGE
+    assert "--token" in assert_one_error_line(result)
+
+
+async def test_an_option_replaces_its_variable(emulator: Emulator) -> None:
+    env = cli_env(PLEXD_BASE_URL=f"http://127.0.0.1:{free_port()}")
+    result = await run_cli("ping", "--base-url", emulator.url, env=env)
+    assert result.returncode == EXIT_OK, result.stderr
+
+
+async def test_the_cli_reads_the_rest_of_the_config_from_the_environment(
+    emulator: Emulator, base_env: dict[str, str], proxy: ForwardProxy
+) -> None:
+    # PLEXD_PROXY has no option: Config.from_env reads it for the CLI.
+    result = await run_cli("ping", env={**base_env, "PLEXD_PROXY": proxy.url})
+    assert result.returncode == EXIT_OK, result.stderr
+    assert proxy.requests == [f"GET {emulator.url}/v1/ping HTTP/1.1"]
 
 
 async def test_base_url_with_another_scheme_is_a_usage_error() -> None:

@@ -3,13 +3,10 @@ mutual TLS with a client certificate, a CA file, and the package logger's defaul
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +16,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from yarl import URL
 
+from conftest import ForwardProxy
 from plexd.api import (
     CONFIG_ENV_VARIABLES,
     APIConnectionError,
@@ -100,56 +98,6 @@ def test_a_token_no_header_can_carry_is_refused_without_showing_it() -> None:
 
 
 # --- a forward proxy ----------------------------------------------------------------------
-
-
-class ForwardProxy:
-    """An HTTP forward proxy on 127.0.0.1: absolute-form requests are passed on as they
-    are, CONNECT opens a tunnel. ``seen`` holds each request's head as received."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-        self.url = ""
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            head = await reader.readuntil(b"\r\n\r\n")
-            self.seen.append(head.decode("latin-1"))
-            method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ")
-            if method == "CONNECT":
-                host, port = target.rsplit(":", 1)
-                up_reader, up_writer = await asyncio.open_connection(host, int(port))
-                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            else:
-                url = URL(target)
-                up_reader, up_writer = await asyncio.open_connection(url.host, url.port)
-                up_writer.write(head)
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        writer.close()
-
-    @property
-    def requests(self) -> list[str]:
-        """The request line of each request the proxy received."""
-        return [head.split("\r\n", 1)[0] for head in self.seen]
-
-
-async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    writer.close()
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[ForwardProxy]:
-    forward = ForwardProxy()
-    server = await asyncio.start_server(forward.handle, "127.0.0.1", 0)
-    forward.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
-        yield forward
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_proxy_carries_plain_http_requests(loopback: Any, proxy: ForwardProxy) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ._http import ArtifactStream, failure_of
-from ._retry import retry_delay
+from ._retry import log_retry, retry_delay
 from .errors import APIError, ArgumentError, ChecksumError, PlexdError, ResponseError, printable
 
 # WIRE.md, the artifact download: the SHA-256 of the artifact, hex, when the server knows it.
@@ -122,6 +122,11 @@ async def download(
     while True:
         try:
             return await _attempt(open_artifact, dest, sha256, progress, what)
+        except OSError as exc:
+            # The file, not the network (that is mapped to PlexdErrors already): a
+            # directory that does not exist, no permission, a full disk.
+            detail = exc.strerror or str(exc) or type(exc).__name__
+            raise PlexdError(f"{what}: cannot write {partial_path(dest)}: {detail}") from exc
         except _StartOver:
             # Once: a second start-over would mean the server cannot serve what it
             # announces; the full download's check then raises instead.
@@ -144,15 +149,7 @@ async def download(
             if delay is None:
                 raise
             attempt += 1
-            retry.log.info(
-                "%s failed (%s); attempt %d of %d in %.2f s",
-                what,
-                error,
-                attempt,
-                retry.max_retries + 1,
-                delay,
-                extra={"call": what, "attempt": attempt, "delay": delay},
-            )
+            log_retry(retry.log, what, error, attempt, retry.max_retries + 1, delay)
         await asyncio.sleep(delay)
 
 
@@ -176,6 +173,8 @@ async def _attempt(
                     _hash_prefix(file, start, digest)
                 size = await _write_body(stream, file, digest, start, total, progress, what)
                 file.flush()
+                # On disk before the rename makes it the artifact. (In the loop's thread:
+                # a worker thread could outlive a cancellation and sync a reused fd.)
                 os.fsync(file.fileno())
     except APIError as error:
         if error.status_code == 416 and offset:

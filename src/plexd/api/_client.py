@@ -43,7 +43,7 @@ from ._http import (
     transport_failure,
 )
 from ._paths import artifact_path, execution_path, node_path, path_segment
-from ._retry import Failure, FailureKind, retry_delay
+from ._retry import Failure, FailureKind, log_retry, retry_delay
 from ._session import LoopBoundSession
 from ._transport import LeanConnector, proxy_for, ssl_context_for
 from ._wire import JSON_DECODE_ERRORS, JSON_ENCODE_ERRORS, check_times
@@ -344,15 +344,7 @@ class ControlPlane:
                 # should have caught it first.
                 raise ArgumentError(f"{call}: cannot send the request: {exc}") from None
             attempt += 1
-            self._log.info(
-                "%s failed (%s); attempt %d of %d in %.2f s",
-                call,
-                error,
-                attempt,
-                retries + 1,
-                delay,
-                extra={"call": call, "attempt": attempt, "delay": delay},
-            )
+            log_retry(self._log, call, error, attempt, retries + 1, delay)
             await asyncio.sleep(delay)
             # Closed while waiting: ClientClosedError, not aiohttp's RuntimeError.
             session = await self._session.get()

@@ -9,6 +9,7 @@ clock and a fixed random.
 from __future__ import annotations
 
 import enum
+import logging
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -106,3 +107,20 @@ def _retried(failure: Failure, idempotent: bool) -> bool:
     if kind is FailureKind.TIMEOUT or kind is FailureKind.BROKEN:
         return idempotent
     return False
+
+
+def log_retry(
+    log: logging.Logger, call: str, error: BaseException, attempt: int, attempts: int, delay: float
+) -> None:
+    """The INFO line of a retry: ``call`` failed with ``error`` (whose text shows what a
+    server sent through ``printable``), attempt number ``attempt`` of ``attempts`` follows
+    in ``delay`` seconds."""
+    log.info(
+        "%s failed (%s); attempt %d of %d in %.2f s",
+        call,
+        error,
+        attempt,
+        attempts,
+        delay,
+        extra={"call": call, "attempt": attempt, "delay": delay},
+    )
