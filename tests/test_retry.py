@@ -43,8 +43,10 @@ from plexd.api._retry import (
     RETRIED_STATUSES,
     Failure,
     FailureKind,
+    attempt_timeout,
     backoff_delay,
     retry_delay,
+    time_left,
 )
 from plexd.emulator import Emulator
 
@@ -432,3 +434,42 @@ async def test_a_client_closed_during_a_retry_wait_raises_client_closed(loopback
     with pytest.raises(ClientClosedError):
         await call
     assert len(server.received) == 1
+
+
+@given(
+    request_timeout=st.floats(min_value=0.01, max_value=60),
+    max_retries=st.integers(min_value=0, max_value=20),
+    took=st.lists(st.floats(min_value=0, max_value=100), min_size=21, max_size=21),
+    retry_afters=st.lists(st.none() | st.floats(min_value=0, max_value=70), min_size=21),
+    rand=randoms,
+)
+def test_a_call_with_its_retries_stays_within_its_time_on_a_fake_clock(
+    request_timeout: float,
+    max_retries: int,
+    took: list[float],
+    retry_afters: list[float | None],
+    rand: float,
+) -> None:
+    # The pipeline's loop, its clock faked: each attempt runs until it fails or its
+    # timeout cuts it, then the rules decide.
+    started = now = 1000.0
+    attempt = 1
+    while True:
+        left = time_left(started, now, request_timeout, max_retries)
+        now += min(took[attempt - 1], attempt_timeout(left, request_timeout))
+        failure = Failure(FailureKind.STATUS, 503, retry_afters[attempt - 1])
+        delay = retry_delay(
+            failure,
+            attempt=attempt,
+            max_retries=max_retries,
+            idempotent=True,
+            remaining=time_left(started, now, request_timeout, max_retries),
+            random=lambda: rand,
+        )
+        if delay is None:
+            break
+        now += delay
+        attempt += 1
+    assert attempt <= max_retries + 1
+    # Within the budget, give or take the 1 ms floor of an attempt's timeout.
+    assert now - started <= request_timeout * (max_retries + 1) + 0.001 * attempt

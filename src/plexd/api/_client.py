@@ -43,7 +43,14 @@ from ._http import (
     transport_failure,
 )
 from ._paths import artifact_path, execution_path, node_path, path_segment
-from ._retry import Failure, FailureKind, log_retry, retry_delay
+from ._retry import (
+    Failure,
+    FailureKind,
+    attempt_timeout,
+    log_retry,
+    retry_delay,
+    time_left,
+)
 from ._session import LoopBoundSession
 from ._transport import LeanConnector, proxy_for, ssl_context_for
 from ._wire import JSON_DECODE_ERRORS, JSON_ENCODE_ERRORS, check_times
@@ -355,13 +362,12 @@ class ControlPlane:
         self, failure: Failure, attempt: int, retries: int, idempotent: bool, started: float
     ) -> float | None:
         config = self.config
-        deadline = started + config.request_timeout * (retries + 1)
         return retry_delay(
             failure,
             attempt=attempt,
             max_retries=retries,
             idempotent=idempotent,
-            remaining=deadline - time.monotonic(),
+            remaining=time_left(started, time.monotonic(), config.request_timeout, retries),
             random=self._random,
             base=config.retry_base_delay,
             cap=config.retry_max_delay,
@@ -370,13 +376,11 @@ class ControlPlane:
     def _attempt_timeout(self, started: float, retries: int) -> aiohttp.ClientTimeout:
         # A retry gets what is left of the call's time, at most request_timeout.
         config = self.config
-        remaining = started + config.request_timeout * (retries + 1) - time.monotonic()
-        if remaining >= config.request_timeout:
+        left = time_left(started, time.monotonic(), config.request_timeout, retries)
+        if left >= config.request_timeout:
             return self._call_timeout
-        remaining = max(remaining, 0.001)
-        return aiohttp.ClientTimeout(
-            total=remaining, sock_connect=min(config.connect_timeout, remaining)
-        )
+        total = attempt_timeout(left, config.request_timeout)
+        return aiohttp.ClientTimeout(total=total, sock_connect=min(config.connect_timeout, total))
 
     def _encode(self, body: Any, call: str) -> bytes:
         try:

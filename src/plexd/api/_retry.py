@@ -27,6 +27,8 @@ JITTER = 0.25
 # base * 2**n stops growing here (2.0**1024 overflows a float; any base is past any cap
 # long before 2**64).
 MAX_BACKOFF_EXPONENT = 64
+# The shortest time an attempt is given (a retry is only made with time left for it).
+MIN_ATTEMPT_TIMEOUT = 0.001
 # Statuses worth another try: the server or a proxy says "not now", not "never".
 RETRIED_STATUSES = frozenset({408, 429, 502, 503, 504})
 # Statuses that say the request was refused before it was acted on: safe to send again
@@ -94,6 +96,18 @@ def retry_delay(
     if delay >= remaining:
         return None
     return delay
+
+
+def time_left(started: float, now: float, request_timeout: float, max_retries: int) -> float:
+    """What is left of a call's time at ``now``: the call started at ``started`` has
+    ``request_timeout * (max_retries + 1)`` in all, waits included."""
+    return started + request_timeout * (max_retries + 1) - now
+
+
+def attempt_timeout(left: float, request_timeout: float) -> float:
+    """How long the next attempt may take: what is ``left`` of the call's time, at most
+    ``request_timeout``, and at least 1 ms (to aiohttp a 0 would mean no limit)."""
+    return max(min(left, request_timeout), MIN_ATTEMPT_TIMEOUT)
 
 
 def _retried(failure: Failure, idempotent: bool) -> bool:
