@@ -473,3 +473,31 @@ def test_a_call_with_its_retries_stays_within_its_time_on_a_fake_clock(
     assert attempt <= max_retries + 1
     # Within the budget, give or take the 1 ms floor of an attempt's timeout.
     assert now - started <= request_timeout * (max_retries + 1) + 0.001 * attempt
+
+
+async def test_opening_an_artifact_stream_is_retried_but_not_an_event_stream(
+    loopback: Any,
+) -> None:
+    pending = [503, 503]
+
+    async def busy_then_bytes(request: web.Request) -> web.StreamResponse:
+        if pending:
+            return web.Response(status=pending.pop(0))
+        return web.Response(body=b"binary", content_type="application/octet-stream")
+
+    server = await loopback(busy_then_bytes)
+    async with server.client() as client:
+        async with client.fetch_artifact("1.0", "linux", "amd64") as stream:
+            body = b"".join([chunk async for chunk in stream.iter_chunks()])
+        assert body == b"binary"
+        assert len(server.received) == 3
+        pending[:] = [503]
+        with pytest.raises(ServerError):
+            async with client.fetch_artifact("1.0", "linux", "amd64", max_retries=0):
+                pass
+        assert len(server.received) == 4
+        pending[:] = [503]
+        with pytest.raises(ServerError):
+            async with client.connect_sse("n1"):
+                pass
+        assert len(server.received) == 5

@@ -37,6 +37,7 @@ from ._http import (
     ArtifactStream,
     EventStreamResponse,
     StreamingResponse,
+    failure_of,
     map_transport_error,
     raise_for_status,
     read_capped_body,
@@ -412,13 +413,42 @@ class ControlPlane:
         path: str,
         headers: dict[str, str],
         make_response: Callable[[aiohttp.ClientResponse, str], StreamingResponse],
+        retries: int = 0,
     ) -> AsyncIterator[Any]:
+        """A streaming GET; its opening (up to the response head) is tried again
+        ``retries`` times as a request call is, never once a byte went to the caller."""
         call = f"GET {path}"
         # The chunks go to the caller as they arrive: ask for them unencoded.
         headers["Accept-Encoding"] = "identity"
+        started = time.monotonic()
+        timeout = self.config.request_timeout
+        attempt = 1
+        while True:
+            try:
+                response = await self._open_stream(path, headers, call, timeout)
+                break
+            except PlexdError as error:
+                failure = failure_of(error)
+                delay = self._retry_delay(failure, attempt, retries, True, started)
+                if delay is None:
+                    raise
+                failed = error
+            attempt += 1
+            log_retry(self._log, call, failed, attempt, retries + 1, delay)
+            await asyncio.sleep(delay)
+            left = time_left(started, time.monotonic(), self.config.request_timeout, retries)
+            timeout = attempt_timeout(left, self.config.request_timeout)
+        try:
+            yield make_response(response, call)
+        finally:
+            response.close()
+
+    async def _open_stream(
+        self, path: str, headers: dict[str, str], call: str, wait_at_most: float
+    ) -> aiohttp.ClientResponse:
         session = await self._session.get()
         try:
-            async with asyncio.timeout(self.config.request_timeout):
+            async with asyncio.timeout(wait_at_most):
                 response = await session.get(
                     self._url(path),
                     headers=headers,
@@ -432,10 +462,7 @@ class ControlPlane:
                     raise
         except TRANSPORT_ERRORS as exc:
             raise map_transport_error(exc, call) from exc
-        try:
-            yield make_response(response, call)
-        finally:
-            response.close()
+        return response
 
     # --- generic calls ----------------------------------------------------
 
@@ -605,7 +632,7 @@ class ControlPlane:
 
     @overload
     def fetch_artifact(
-        self, version: str, os: str, arch: str
+        self, version: str, os: str, arch: str, *, max_retries: int | None = None
     ) -> contextlib.AbstractAsyncContextManager[ArtifactStream]: ...
 
     @overload
@@ -634,7 +661,8 @@ class ControlPlane:
     ) -> contextlib.AbstractAsyncContextManager[ArtifactStream] | Awaitable[ArtifactDownload]:
         """Download a plexd binary; each read is bounded by ``request_timeout``.
 
-        Without ``dest``: an async context manager of the streaming response. With
+        Without ``dest``: an async context manager of the streaming response (its
+        opening retried as a request call is; a broken body is the caller's). With
         ``dest``: a coroutine that downloads to that file and returns an
         :class:`ArtifactDownload`. The file appears only once complete and its SHA-256
         matched ``sha256`` (hex) or, when not given, the server's ``X-Checksum-SHA256``
@@ -645,15 +673,15 @@ class ControlPlane:
         failed attempt is retried as any call is (``max_retries``), resuming.
         """
         path = artifact_path(version, os, arch)
+        retries = self._max_retries if max_retries is None else _checked_retries(max_retries)
         if dest is None:
-            if sha256 is not None or progress is not None or max_retries is not None:
-                raise ArgumentError("fetch_artifact: sha256, progress, max_retries need dest=")
-            return self._open_artifact(path, {})
+            if sha256 is not None or progress is not None:
+                raise ArgumentError("fetch_artifact: sha256 and progress need dest=")
+            return self._open_artifact(path, {}, retries)
         if not isinstance(dest, str | PathLike):
             raise ArgumentTypeError(f"dest: must be a path, got {type(dest).__name__}")
         if progress is not None and not callable(progress):
             raise ArgumentTypeError(f"progress: must be callable, got {type(progress).__name__}")
-        retries = self._max_retries if max_retries is None else _checked_retries(max_retries)
         settings = RetrySettings(
             retries,
             self.config.retry_base_delay,
@@ -671,12 +699,13 @@ class ControlPlane:
         )
 
     def _open_artifact(
-        self, path: str, extra_headers: Mapping[str, str]
+        self, path: str, extra_headers: Mapping[str, str], retries: int = 0
     ) -> contextlib.AbstractAsyncContextManager[ArtifactStream]:
+        # retries: of the opening; a download to a file retries whole attempts instead.
         headers = self._headers("application/octet-stream, */*")
         headers.update(extra_headers)
         make_response = functools.partial(ArtifactStream, read_timeout=self.config.request_timeout)
-        return self._stream(path, headers, make_response)
+        return self._stream(path, headers, make_response, retries)
 
 
 def _checked_retries(max_retries: object) -> int:
