@@ -118,10 +118,24 @@ async def test_a_wrong_sha256_leaves_nothing(control_plane: Emulator, tmp_path: 
     assert listing(tmp_path) == []
 
 
-async def test_the_emulator_ignores_range_and_the_partial_file_is_replaced(
+async def test_a_partial_download_from_the_emulator_is_resumed(
     control_plane: Emulator, tmp_path: Path
 ) -> None:
-    # The emulator answers a Range request with 200 and the whole artifact.
+    _, token = control_plane.register_node("web-1")
+    blob = control_plane.artifact(*ARTIFACT)
+    dest = tmp_path / "plexd"
+    (tmp_path / "plexd.part").write_bytes(blob[:1000])
+    async with control_plane.client(token) as client:
+        done = await client.fetch_artifact(*ARTIFACT, dest=dest)
+    assert done.resumed_from == 1000
+    assert dest.read_bytes() == blob
+    assert control_plane.calls[-1].headers.get("Range") == "bytes=1000-"
+    assert listing(tmp_path) == ["plexd"]
+
+
+async def test_a_stale_partial_file_is_replaced_after_the_check_fails(
+    control_plane: Emulator, tmp_path: Path
+) -> None:
     _, token = control_plane.register_node("web-1")
     dest = tmp_path / "plexd"
     (tmp_path / "plexd.part").write_bytes(b"stale bytes of another download")

@@ -412,6 +412,33 @@ async def test_an_artifact_has_its_sha256_in_a_header_and_a_content_length(
     assert body == emulator.artifact("1.2.3", "linux", "arm64")
 
 
+@pytest.mark.parametrize(
+    ("asked", "status", "content_range", "part"),
+    [
+        ("bytes=1000-", 206, "bytes 1000-4095/4096", slice(1000, None)),
+        ("bytes=0-99", 206, "bytes 0-99/4096", slice(0, 100)),
+        ("bytes=-96", 206, "bytes 4000-4095/4096", slice(4000, None)),
+        ("bytes=4000-9999", 206, "bytes 4000-4095/4096", slice(4000, None)),
+        ("bytes=4096-", 416, "bytes */4096", slice(0, 0)),
+        ("bytes=x-y", 200, None, slice(None)),  # does not parse: ignored, the whole blob
+    ],
+)
+async def test_an_artifact_honours_one_byte_range(
+    emulator: Emulator, asked: str, status: int, content_range: str | None, part: slice
+) -> None:
+    _, token = emulator.register_node()
+    blob = emulator.artifact("1.2.3", "linux", "arm64")
+    url = f"{emulator.url}/v1/artifacts/plexd/1.2.3/linux/arm64"
+    headers = {"Authorization": f"Bearer {token}", "Range": asked}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+        body = await response.read()
+        assert response.status == status
+        assert response.headers.get("Content-Range") == content_range
+        # The digest is of the whole artifact, whatever part is sent.
+        assert response.headers[CHECKSUM_HEADER] == hashlib.sha256(blob).hexdigest()
+    assert body == (blob[part] if status != 416 else b"")
+
+
 async def test_artifacts_are_deterministic_and_differ_per_platform() -> None:
     async with Emulator(artifact_size=64) as one, Emulator(artifact_size=64) as two:
         assert one.artifact("1", "linux", "amd64") == two.artifact("1", "linux", "amd64")

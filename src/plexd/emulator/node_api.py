@@ -273,14 +273,31 @@ class NodeAPI:
     # --- artifacts ----------------------------------------------------------------
 
     async def fetch_artifact(self, request: web.Request) -> web.Response:
-        """A deterministic blob for any version/os/arch, with its SHA-256 in a header."""
+        """A deterministic blob for any version/os/arch, with its SHA-256 (of the whole
+        blob) in a header; a single ``Range: bytes=`` range gets a 206 with that part, one
+        past the end a 416, so a client can resume a download."""
         self._authenticate(request)
         info = request.match_info
         blob = self._state.artifact(info["version"], info["os"], info["arch"])
+        headers = {CHECKSUM_HEADER: hashlib.sha256(blob).hexdigest(), "Accept-Ranges": "bytes"}
+        try:
+            wanted = request.http_range
+        except ValueError:
+            # A Range header that does not parse is ignored (RFC 9110): the whole blob.
+            wanted = slice(None)
+        if wanted.start is None and wanted.stop is None:
+            return web.Response(body=blob, content_type="application/octet-stream", headers=headers)
+        size = len(blob)
+        if wanted.start is not None and wanted.start >= size:
+            headers["Content-Range"] = f"bytes */{size}"
+            return web.Response(status=416, headers=headers)
+        start, stop, _ = wanted.indices(size)
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
         return web.Response(
-            body=blob,
+            status=206,
+            body=blob[start:stop],
             content_type="application/octet-stream",
-            headers={CHECKSUM_HEADER: hashlib.sha256(blob).hexdigest()},
+            headers=headers,
         )
 
     # --- the event stream -----------------------------------------------------------
