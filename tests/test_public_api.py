@@ -153,3 +153,34 @@ def test_every_endpoint_method_takes_a_keyword_only_max_retries() -> None:
         assert parameter is not None, name
         assert parameter.kind is inspect.Parameter.KEYWORD_ONLY, name
         assert parameter.default is None, name
+
+
+def test_the_sync_module_exports_the_blocking_classes() -> None:
+    from plexd.api import sync
+
+    assert set(sync.__all__) == {
+        "ControlPlane",
+        "SSEManager",
+        "EventSource",
+        "EventStreamResponse",
+        "ArtifactStream",
+        "LOOP_THREAD_NAME",
+    }
+    public = {name for name in vars(sync) if not name.startswith("_")}
+    assert set(sync.__all__) <= public
+    for name in set(sync.__all__) - {"LOOP_THREAD_NAME"}:
+        assert inspect.getdoc(getattr(sync, name))
+    # The blocking client has every public method of the asyncio one but the
+    # coroutine-only lifecycle, which `with` and close() replace.
+    asynchronous = {name for name in dir(plexd.api.ControlPlane) if not name.startswith("_")} - {
+        "aclose"
+    }
+    assert asynchronous <= set(dir(sync.ControlPlane))
+    for name in asynchronous:
+        assert inspect.getdoc(getattr(sync.ControlPlane, name)), name
+    manager_methods = {
+        name
+        for name in dir(plexd.api.SSEManager)
+        if name.startswith(("set_", "register_")) or name in {"shutdown", "state"}
+    }
+    assert manager_methods <= set(dir(sync.SSEManager))

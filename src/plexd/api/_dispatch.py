@@ -18,13 +18,18 @@ class EventDispatcher:
     """Calls the handlers of an event's type one after another, in registration order.
 
     A handler may be ``async def`` or a plain function. A handler that raises is
-    logged and the next one still runs; an event type without handlers is dropped
-    (logged at debug level). Registration is thread-safe.
+    logged and the next one still runs. Default handlers (:meth:`register_default`)
+    run for every event, after the handlers of its type; an event that has neither is
+    dropped (logged at debug level). Registration is thread-safe.
     """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._log = logger or logging.getLogger("plexd.api")
         # Copy-on-write tuples: dispatch reads without a lock, register swaps whole tuples.
+        # _handlers is what dispatch reads: per type, its own handlers then the defaults
+        # (merged at registration, so that dispatch costs one lookup either way).
+        self._typed: dict[str, tuple[EventHandler, ...]] = {}
+        self._defaults: tuple[EventHandler, ...] = ()
         self._handlers: dict[str, tuple[EventHandler, ...]] = {}
         self._lock = threading.Lock()
 
@@ -32,11 +37,21 @@ class EventDispatcher:
         """Add ``handler`` for ``event_type`` (an :class:`EventType` or any string)."""
         key = str(event_type)
         with self._lock:
-            self._handlers[key] = (*self._handlers.get(key, ()), handler)
+            typed = self._typed[key] = (*self._typed.get(key, ()), handler)
+            self._handlers[key] = typed + self._defaults
+
+    def register_default(self, handler: EventHandler) -> None:
+        """Add ``handler`` for every event, whatever its type (unknown types included);
+        it runs after the handlers registered for the event's type."""
+        with self._lock:
+            defaults = self._defaults = (*self._defaults, handler)
+            for key, typed in self._typed.items():
+                self._handlers[key] = typed + defaults
 
     async def dispatch(self, envelope: SignedEnvelope) -> None:
-        """Run every handler of the envelope's type; returns when the last one finished."""
-        handlers = self._handlers.get(envelope.event_type)
+        """Run every handler of the envelope's type, then every default handler; returns
+        when the last one finished."""
+        handlers = self._handlers.get(envelope.event_type) or self._defaults
         if not handlers:
             self._log.debug(
                 "no handler for event type %s; event %s dropped",

@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ._checks import check_intervals, check_polling
 from ._client import ControlPlane
 from ._dispatch import EventDispatcher, EventHandler
 from ._reconnect import ConnectionState, ReconnectEngine, ReconnectPolicy
 from ._stream import SSEStream
-from ._types import EventType
-from ._verify import EventVerifier, NoOpVerifier
-from .errors import PlexdError, printable
+from ._types import EventType, SigningKeys
+from ._verify import DEFAULT_STALENESS_WINDOW, EventVerifier, NoOpVerifier
+from .errors import ArgumentError, PlexdError, printable
+
+# The signals run_until_signal turns into shutdown().
+SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class SSEManager:
@@ -37,7 +42,11 @@ class SSEManager:
 
     With an :class:`Ed25519Verifier` the manager follows ``signing_key_rotated``
     events itself (before user handlers run), so the verifier always holds the
-    control plane's current keys.
+    control plane's current keys. With ``refresh_keys=True`` it also takes the keys
+    of ``fetch_state(node_id).signing_keys`` before the first connection and before
+    reconnecting after an outage longer than the verifier's staleness window: the
+    rotation event replayed after such an outage is too old to verify, and a node
+    that missed it would refuse every later event (``signature does not verify``).
     """
 
     def __init__(
@@ -50,10 +59,22 @@ class SSEManager:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] | None = None,
+        refresh_keys: bool = False,
     ) -> None:
         self._client = client
         self._verifier: EventVerifier = verifier if verifier is not None else NoOpVerifier()
         self._log = logger or logging.getLogger("plexd.api")
+        self._take_keys = _key_refresher(self._verifier, refresh_keys)
+        self._key_window = float(
+            getattr(self._verifier, "staleness_window", DEFAULT_STALENESS_WINDOW)
+        )
+        # The monotonic time up to which the verifier's keys are known current: the
+        # end of the last connection (rotation events kept them current while it was
+        # up) or the last refresh. None: never.
+        self._keys_current_at: float | None = None
+        self._connected = False
+        self._on_state_change = on_state_change
+        self._clock = clock
         self._dispatcher = EventDispatcher(self._log)
         follow_rotation = getattr(self._verifier, "update_from_event", None)
         if callable(follow_rotation):
@@ -64,7 +85,7 @@ class SSEManager:
         self._policy = ReconnectPolicy()
         self._engine = ReconnectEngine(
             policy=self._policy,
-            on_state_change=on_state_change,
+            on_state_change=self._state_changed,
             logger=self._log,
             clock=clock,
             sleep=sleep,
@@ -99,6 +120,11 @@ class SSEManager:
     def register_handler(self, event_type: str, handler: EventHandler) -> None:
         """Call ``handler`` for every verified event of ``event_type`` (thread-safe)."""
         self._dispatcher.register(event_type, handler)
+
+    def register_default_handler(self, handler: EventHandler) -> None:
+        """Call ``handler`` for every verified event, whatever its type, unknown types
+        included, after the handlers of its type (thread-safe)."""
+        self._dispatcher.register_default(handler)
 
     def set_poll_func(self, fn: Callable[[], Awaitable[None]]) -> None:
         """What to call while polling (default: ``fetch_state(node_id)``, result discarded)."""
@@ -141,8 +167,19 @@ class SSEManager:
         stream.last_event_id = self._last_event_id
         self._stream = stream
         self._engine.poll = self._poll_func or self._default_poll(node_id)
+
+        async def attempt() -> None:
+            if self._take_keys is not None and self._keys_may_be_stale():
+                await self._refresh_keys(node_id)
+            try:
+                await stream.connect(node_id)
+            finally:
+                if self._connected:
+                    self._connected = False
+                    self._keys_current_at = self._clock()
+
         try:
-            await self._engine.run(lambda: stream.connect(node_id))
+            await self._engine.run(attempt)
         except PlexdError:
             raise
         except Exception as exc:
@@ -155,16 +192,105 @@ class SSEManager:
             self._last_event_id = stream.last_event_id
             self._stream = None
 
+    async def run_until_signal(self, node_id: str) -> None:
+        """:meth:`start`, with SIGINT and SIGTERM calling :meth:`shutdown`: returns None
+        on either signal, as on shutdown.
+
+        The signal handlers are those of the running loop, installed where the platform
+        and the thread allow (the main thread, not Windows' default loop; elsewhere this
+        is :meth:`start` alone), and the previous handlers are put back on return.
+        """
+        loop = asyncio.get_running_loop()
+        previous: dict[signal.Signals, Any] = {}
+        for signum in SHUTDOWN_SIGNALS:
+            old = signal.getsignal(signum)
+            try:
+                loop.add_signal_handler(signum, self._shutdown_on_signal, signum)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue
+            previous[signum] = old
+        try:
+            await self.start(node_id)
+        finally:
+            for signum, old in previous.items():
+                loop.remove_signal_handler(signum)
+                # remove_signal_handler leaves the default action, not what was there
+                # (None: a handler not set from Python, which cannot be put back).
+                if old is not None:
+                    signal.signal(signum, old)
+
+    def _shutdown_on_signal(self, signum: signal.Signals) -> None:
+        self._log.info("%s received: shutting down the event stream", signum.name)
+        self.shutdown()
+
     def shutdown(self) -> None:
         """Make :meth:`start` return promptly from any state (thread-safe)."""
         self._engine.stop()
 
+    def _state_changed(self, state: ConnectionState) -> None:
+        if state is ConnectionState.CONNECTED:
+            self._connected = True
+        if self._on_state_change is not None:
+            self._on_state_change(state)
+
+    def _keys_may_be_stale(self) -> bool:
+        current_at = self._keys_current_at
+        return current_at is None or self._clock() - current_at > self._key_window
+
+    async def _refresh_keys(self, node_id: str) -> None:
+        # Before connecting: a failure here is logged, and the connection is tried all
+        # the same (its own error decides the next step; the refresh is tried again).
+        try:
+            state = await self._client.fetch_state(node_id)
+        except PlexdError as exc:
+            self._log.warning(
+                "could not refresh the signing keys before connecting: %s",
+                exc,
+                extra={"reason": str(exc)},
+            )
+            return
+        self._take_state_keys(state.signing_keys)
+
+    def _take_state_keys(self, keys: SigningKeys | None) -> None:
+        if self._take_keys is None:
+            return
+        if keys is None or not keys.current:
+            self._log.warning("the control plane's state holds no signing key; keys kept")
+            return
+        try:
+            self._take_keys(keys)
+        except PlexdError as exc:
+            self._log.warning("the state's signing keys are unusable, keys kept: %s", exc)
+            return
+        self._keys_current_at = self._clock()
+        self._log.info("signing keys refreshed from the control plane's state")
+
     def _default_poll(self, node_id: str) -> Callable[[], Awaitable[None]]:
         async def poll() -> None:
             state = await self._client.fetch_state(node_id)
+            self._take_state_keys(state.signing_keys)
             self._log.info(
                 "polled state while the event stream is down",
                 extra={"peers": len(state.peers), "policies": len(state.policies)},
             )
 
         return poll
+
+
+def _key_refresher(
+    verifier: EventVerifier, refresh_keys: bool
+) -> Callable[[SigningKeys], None] | None:
+    """The verifier's ``update_from_signing_keys`` when keys are to be refreshed."""
+    if not isinstance(refresh_keys, bool):
+        raise ArgumentError(f"refresh_keys must be a bool, got {type(refresh_keys).__name__}")
+    if not refresh_keys:
+        return None
+    update: Callable[[SigningKeys], None] | None = getattr(
+        verifier, "update_from_signing_keys", None
+    )
+    if not callable(update):
+        raise ArgumentError(
+            "refresh_keys=True needs a verifier with update_from_signing_keys "
+            f"(an Ed25519Verifier), not {type(verifier).__name__}"
+        )
+    return update

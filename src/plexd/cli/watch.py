@@ -7,14 +7,14 @@ import logging
 import sys
 from collections.abc import Callable
 
-from plexd.api import ControlPlane, EventType, EventVerifier, SignedEnvelope, SSEManager
+from plexd.api import ControlPlane, EventVerifier, SignedEnvelope, SSEManager
 
 from .output import event_line
 
 
 class EventPrinter:
-    """The handler of every event type: prints and counts (SSEManager itself follows
-    signing key rotations).
+    """The default handler, called for every event whatever its type: prints and
+    counts (SSEManager itself follows signing key rotations).
 
     With ``limit`` it stops ``manager`` once that many events were printed. A reader
     that goes away (a closed pipe, as with ``| head``) stops it too.
@@ -81,7 +81,8 @@ async def watch_events(
         manager.set_reconnect_intervals(reconnect_delay, max_reconnect_delay)
     manager.last_event_id = last_event_id
     printer = EventPrinter(manager, logger, limit=limit, show_secrets=show_secrets)
-    for event_type in EventType:
-        manager.register_handler(event_type, printer)
+    # Every verified event, the types this version does not know included: a newer
+    # control plane's events are shown, not silently dropped.
+    manager.register_default_handler(printer)
     await manager.start(node_id)
     return printer.printed
