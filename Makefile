@@ -39,10 +39,10 @@ $(VENV)/.docs: pyproject.toml $(VENV)/.dev
 	touch $@
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench examples
 
 typecheck: $(VENV)/.dev
-	$(BIN)/mypy --strict src
+	$(BIN)/mypy --strict src examples
 
 test: lint typecheck
 	$(BIN)/pytest -W error
