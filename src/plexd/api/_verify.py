@@ -22,6 +22,16 @@ from typing import Any, Protocol, runtime_checkable
 import nacl.bindings
 import nacl.exceptions
 
+try:
+    # PyNaCl's cffi binding of libsodium: crypto_sign_open called on the bytes already
+    # held, with no output buffer, is libsodium's detached verify (it writes nothing when
+    # given NULL) without the buffers, copy and exception of nacl.bindings' wrapper. The
+    # call releases the GIL, so threads verify in parallel.
+    from nacl._sodium import ffi as _sodium_ffi  # type: ignore[import-not-found,unused-ignore]
+    from nacl._sodium import lib as _sodium_lib  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover - a PyNaCl without it: its public wrapper
+    _sodium_lib = _sodium_ffi = None
+
 from ._envelope import SignedEnvelope
 from ._gojson import MAY_CHANGE_IN_COMPACTION, NEEDS_ESCAPING, compact, decode_base64, escape_string
 from ._gotime import NANOS_PER_SECOND, ZERO_TIME, ZERO_TIME_NS, epoch_ns, naive_datetime_error
@@ -66,12 +76,15 @@ def _fast_path_applies(envelope: SignedEnvelope) -> bool:
     return len(payload.translate(None, MAY_CHANGE_IN_COMPACTION)) == len(payload)
 
 
-def _canonical_fast(envelope: SignedEnvelope) -> bytes:
-    head = (
+def _canonical_head(envelope: SignedEnvelope) -> bytes:
+    return (
         f'{{"event_type":"{envelope.event_type}","event_id":"{envelope.event_id}",'
         f'"issued_at":"{envelope.issued_at_text}","nonce":"{envelope.nonce}","payload":'
-    )
-    return b"".join((head.encode(), envelope.payload, b"}"))
+    ).encode()
+
+
+def _canonical_fast(envelope: SignedEnvelope) -> bytes:
+    return b"".join((_canonical_head(envelope), envelope.payload, b"}"))
 
 
 def _canonical_general(envelope: SignedEnvelope) -> bytes:
@@ -143,13 +156,61 @@ def _public_key(key: bytes | bytearray | memoryview | str, what: str) -> bytes:
     return raw
 
 
-def _ed25519_valid(signed_message: bytes, public_key: bytes) -> bool:
-    # libsodium, like Go's crypto/ed25519, rejects a non-canonical S (S >= L).
+def _ed25519_valid_wrapped(signed_message: bytes, public_key: bytes) -> bool:
     try:
         nacl.bindings.crypto_sign_open(signed_message, public_key)
     except nacl.exceptions.BadSignatureError:
         return False
     return True
+
+
+def _ed25519_valid_direct(signed_message: bytes, public_key: bytes) -> bool:
+    status: int = _sodium_lib.crypto_sign_open(
+        _NULL, _NULL, signed_message, len(signed_message), public_key
+    )
+    return status == 0
+
+
+# ``signed_message`` is the 64-byte signature followed by the message; libsodium, like Go's
+# crypto/ed25519, rejects a non-canonical S (S >= L). Thread-safe, and runs without the GIL.
+_ed25519_valid: Callable[[bytes, bytes], bool]
+if _sodium_lib is not None:
+    _NULL = _sodium_ffi.NULL
+    _ed25519_valid = _ed25519_valid_direct
+else:  # pragma: no cover
+    _ed25519_valid = _ed25519_valid_wrapped
+
+# What a signature check found, as threads report it (see Ed25519Verifier.finish_check).
+UNCHECKED = 0  # not checked off the loop: the whole verification runs in finish_check
+VALID_CURRENT = 1
+VALID_PREVIOUS = 2
+INVALID = 3
+
+SigningKeySet = tuple[bytes, bytes | None, int]
+
+
+def check_signatures(
+    messages: list[bytes | None],
+    keys: SigningKeySet,
+    outcomes: bytearray,
+    start: int,
+    end: int,
+) -> None:
+    """Check ``messages[start:end]`` (signature + signed message, as from
+    :meth:`Ed25519Verifier.signed_message`) against ``keys``, writing one outcome per
+    message into ``outcomes``. Pure and thread-safe: what a verification thread runs."""
+    current, previous = keys[0], keys[1]
+    valid = _ed25519_valid
+    for index in range(start, end):
+        signed = messages[index]
+        if signed is None:
+            continue
+        if valid(signed, current):
+            outcomes[index] = VALID_CURRENT
+        elif previous is not None and valid(signed, previous):
+            outcomes[index] = VALID_PREVIOUS
+        else:
+            outcomes[index] = INVALID
 
 
 # --- verifiers -----------------------------------------------------------------------------
@@ -245,6 +306,12 @@ class NonceStore:
                 self._rebuild_order()
             return True
 
+    def forget(self, nonce: str) -> None:
+        """Forget ``nonce`` at once: its event was verified but its handlers never
+        finished (the stream was stopped or cancelled), so its replay must be accepted."""
+        with self._lock:
+            self._expiry.pop(nonce, None)
+
     def _forget_expired(self, now_ns: int) -> None:
         order, expiry = self._order, self._expiry
         while order and order[0][1] <= now_ns:
@@ -289,7 +356,12 @@ class Ed25519Verifier:
 
     Keys are 32 raw bytes or standard base64 text; invalid key material raises
     :class:`ConfigError`. ``clock`` returns the current time as an aware datetime
-    (default: the system clock). Safe to share between tasks and threads.
+    (default: the system clock).
+
+    Thread-safe: one verifier may be shared by tasks, event loops and threads, and
+    ``SSEStream``/``SSEManager`` check its signatures on worker threads (the checks that
+    depend on the order of events, the time window and the nonce, stay on the stream's
+    event loop, in stream order). A ``clock`` given here must be thread-safe too.
     """
 
     def __init__(
@@ -400,7 +472,7 @@ class Ed25519Verifier:
 
     def _check_signature(self, envelope: SignedEnvelope, now_ns: int) -> None:
         event_id = envelope.event_id
-        signed = _decode_signature(envelope.signature, event_id) + canonical_bytes(envelope)
+        signed = _signed_bytes(_decode_signature(envelope.signature, event_id), envelope)
         current, previous, previous_until = self._keys
         if _ed25519_valid(signed, current):
             return
@@ -409,10 +481,71 @@ class Ed25519Verifier:
                 f"event {event_id!r}: signature does not verify with the current key"
             )
         if not _ed25519_valid(signed, previous):
+            raise _invalid_with_both(event_id)
+
+    # --- verification split in two, for a pool of threads (``_stream`` drives it) ----------
+    #
+    # signed_message (on the loop, in any order) -> check_signatures (on a thread) ->
+    # finish_check (on the loop, in stream order). Together they decide exactly as
+    # verify_sync: finish_check runs the time window and the nonce checks when the event's
+    # turn comes, and verify_sync itself for anything the fast split did not cover.
+
+    @property
+    def keys(self) -> SigningKeySet:
+        """The keys in force, as one immutable object (compare by identity: a rotation
+        replaces it)."""
+        return self._keys
+
+    def signed_message(self, envelope: SignedEnvelope) -> bytes | None:
+        """Signature and signed message, the bytes a thread checks; None when the envelope
+        misses a part or its signature does not decode (:meth:`finish_check` then finds
+        out which, in the order of :meth:`verify`)."""
+        if not envelope.signature or not envelope.nonce or envelope._issued_at_ns == ZERO_TIME_NS:
+            return None
+        signature = envelope.signature
+        if _BASE64_PLAIN.fullmatch(signature):
+            return _signed_bytes(binascii.a2b_base64(signature), envelope)
+        raw = decode_base64(signature)
+        if raw is None or len(raw) != ED25519_SIGNATURE_SIZE:
+            return None
+        return _signed_bytes(raw, envelope)
+
+    def finish_check(self, envelope: SignedEnvelope, outcome: int, keys: SigningKeySet) -> None:
+        """Finish what :func:`check_signatures` found for ``envelope`` with ``keys``: the
+        time window, the key in force now, the nonce. Raises :class:`VerificationError`
+        exactly as :meth:`verify` would now. Call it in stream order, on the stream's loop."""
+        if outcome == UNCHECKED or keys is not self._keys:
+            # The envelope took the slow path, or the keys rotated after it was checked.
+            self.verify_sync(envelope)
+            return
+        issued_ns = envelope._issued_at_ns
+        now_ns = self._now_ns()
+        self._check_window(envelope, issued_ns, now_ns)
+        if outcome != VALID_CURRENT:
+            if keys[1] is None or now_ns >= keys[2]:
+                raise VerificationError(
+                    f"event {envelope.event_id!r}: signature does not verify with the current key"
+                )
+            if outcome != VALID_PREVIOUS:
+                raise _invalid_with_both(envelope.event_id)
+        if not self.nonces.remember(envelope.nonce, now_ns, issued_ns + self._window_ns):
             raise VerificationError(
-                f"event {event_id!r}: signature does not verify with the current "
-                "or the previous key"
+                f"event {envelope.event_id!r}: replayed nonce {envelope.nonce!r}"
             )
+
+
+def _invalid_with_both(event_id: str) -> VerificationError:
+    return VerificationError(
+        f"event {event_id!r}: signature does not verify with the current or the previous key"
+    )
+
+
+def _signed_bytes(signature: bytes, envelope: SignedEnvelope) -> bytes:
+    """The signature followed by the signed message (what libsodium's open takes), built
+    in one allocation."""
+    if _fast_path_applies(envelope):
+        return b"".join((signature, _canonical_head(envelope), envelope.payload, b"}"))
+    return signature + _canonical_general(envelope)
 
 
 def _required_parts(envelope: SignedEnvelope) -> int:
