@@ -16,7 +16,7 @@ from ._checks import check_intervals, check_polling
 from ._client import ControlPlane
 from ._dispatch import EventDispatcher, EventHandler
 from ._reconnect import ConnectionState, ReconnectEngine, ReconnectPolicy
-from ._stream import SSEStream
+from ._stream import SSEStream, check_verify_threads
 from ._types import EventType, SigningKeys
 from ._verify import DEFAULT_STALENESS_WINDOW, EventVerifier, NoOpVerifier
 from .errors import ArgumentError, PlexdError, printable
@@ -47,6 +47,10 @@ class SSEManager:
     reconnecting after an outage longer than the verifier's staleness window: the
     rotation event replayed after such an outage is too old to verify, and a node
     that missed it would refuse every later event (``signature does not verify``).
+
+    ``verify_threads``: how many threads check Ed25519 signatures while the event loop
+    parses and dispatches (default: one per CPU but one, at most 8; ``0`` verifies on
+    the loop); see :class:`SSEStream`.
     """
 
     def __init__(
@@ -60,7 +64,9 @@ class SSEManager:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] | None = None,
         refresh_keys: bool = False,
+        verify_threads: int | None = None,
     ) -> None:
+        self._verify_threads = check_verify_threads(verify_threads)
         self._client = client
         self._verifier: EventVerifier = verifier if verifier is not None else NoOpVerifier()
         self._log = logger or logging.getLogger("plexd.api")
@@ -163,6 +169,7 @@ class SSEManager:
             self._client.config.sse_idle_timeout,
             self._log,
             engine=self._engine,
+            verify_threads=self._verify_threads,
         )
         stream.last_event_id = self._last_event_id
         self._stream = stream
@@ -178,6 +185,7 @@ class SSEManager:
                     self._connected = False
                     self._keys_current_at = self._clock()
 
+        release_threads = stream.hold_verify_threads()  # warm across reconnects
         try:
             await self._engine.run(attempt)
         except PlexdError:
@@ -189,6 +197,7 @@ class SSEManager:
                 f"event stream stopped by an unexpected {type(exc).__name__}: {printable(str(exc))}"
             ) from exc
         finally:
+            release_threads()
             self._last_event_id = stream.last_event_id
             self._stream = None
 
