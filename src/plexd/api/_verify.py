@@ -359,9 +359,10 @@ class Ed25519Verifier:
     (default: the system clock).
 
     Thread-safe: one verifier may be shared by tasks, event loops and threads, and
-    ``SSEStream``/``SSEManager`` check its signatures on worker threads (the checks that
-    depend on the order of events, the time window and the nonce, stay on the stream's
-    event loop, in stream order). A ``clock`` given here must be thread-safe too.
+    ``SSEStream``/``SSEManager`` check its signatures on worker threads
+    (:func:`check_signatures`); the checks that depend on the order of events, the
+    time window and the nonce, stay on the stream's event loop, in stream order
+    (:meth:`finish_check`), so ``clock`` is called there only.
     """
 
     def __init__(
