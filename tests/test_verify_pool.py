@@ -503,3 +503,37 @@ def test_a_thread_that_cannot_start_leaves_no_thread_and_no_user(
         pool.acquire(3)
     assert pool.users == 0 and pool.threads == 0
     assert not started[0].is_alive()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+async def test_shutdowns_at_random_moments_lose_and_repeat_nothing(
+    server: Server, client: ControlPlane, threads: int
+) -> None:
+    # shutdown() from another task lands anywhere: while a thread verifies, while the
+    # loop verifies a job itself, between events. Whatever was handled is never
+    # handled again, and the next manager resumes right after it.
+    total = 6000
+    server.log = [signed_event(n) for n in range(1, total + 1)]
+    verifier = Ed25519Verifier(PUBLIC)
+    rng = random.Random(1600 + threads)
+    handled: list[str] = []
+    last = ""
+    for _ in range(12):
+        manager = manager_for(client, threads, verifier)
+        manager.last_event_id = last
+        manager.register_handler("peer_added", lambda envelope: handled.append(envelope.event_id))
+        task = asyncio.create_task(manager.start(NODE))
+        await asyncio.sleep(rng.uniform(0.0, 0.03))
+        manager.shutdown()
+        await asyncio.wait_for(task, 10)
+        last = manager.last_event_id
+        assert last == (handled[-1].removeprefix("evt-") if handled else "")
+        assert not pool_threads()
+    final = manager_for(client, threads, verifier)
+    final.last_event_id = last
+    final.register_handler("peer_added", Handled(final, total - len(handled)))
+    final.register_handler("peer_added", lambda envelope: handled.append(envelope.event_id))
+    if len(handled) < total:
+        await asyncio.wait_for(final.start(NODE), 30)
+    assert handled == [f"evt-{n}" for n in range(1, total + 1)]
+    assert len(verifier.nonces) == total
