@@ -478,9 +478,7 @@ class Ed25519Verifier:
         if _ed25519_valid(signed, current):
             return
         if previous is None or now_ns >= previous_until:
-            raise VerificationError(
-                f"event {event_id!r}: signature does not verify with the current key"
-            )
+            raise _invalid_with_current(event_id)
         if not _ed25519_valid(signed, previous):
             raise _invalid_with_both(event_id)
 
@@ -524,9 +522,7 @@ class Ed25519Verifier:
         self._check_window(envelope, issued_ns, now_ns)
         if outcome != VALID_CURRENT:
             if keys[1] is None or now_ns >= keys[2]:
-                raise VerificationError(
-                    f"event {envelope.event_id!r}: signature does not verify with the current key"
-                )
+                raise _invalid_with_current(envelope.event_id)
             if outcome != VALID_PREVIOUS:
                 raise _invalid_with_both(envelope.event_id)
         if not self.nonces.remember(envelope.nonce, now_ns, issued_ns + self._window_ns):
@@ -535,9 +531,24 @@ class Ed25519Verifier:
             )
 
 
+# What a node that missed a key rotation sees for every later event: say how it recovers.
+_MISSED_ROTATION_HINT = (
+    " (a key rotation missed while away? SSEManager(refresh_keys=True) takes the keys"
+    " from fetch_state)"
+)
+
+
+def _invalid_with_current(event_id: str) -> VerificationError:
+    return VerificationError(
+        f"event {event_id!r}: signature does not verify with the current key"
+        + _MISSED_ROTATION_HINT
+    )
+
+
 def _invalid_with_both(event_id: str) -> VerificationError:
     return VerificationError(
         f"event {event_id!r}: signature does not verify with the current or the previous key"
+        + _MISSED_ROTATION_HINT
     )
 
 
