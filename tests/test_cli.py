@@ -176,6 +176,38 @@ async def test_register_with_show_secrets_prints_the_token_in_the_json_only(
     assert token not in result.stderr
 
 
+async def test_register_with_env_file_writes_the_settings_to_a_private_file(
+    emulator: Emulator, base_env: dict[str, str], tmp_path: Path
+) -> None:
+    env_file = tmp_path / "node.env"
+    env_file.write_text("old contents")
+    env_file.chmod(0o644)
+    result = await run_cli("register", "--env-file", str(env_file), env=base_env)
+    assert result.returncode == EXIT_OK, result.stderr
+    registration = msgspec.json.decode(result.stdout, type=RegisterResponse)
+    token = emulator.node(registration.node_id).token
+    exports = dict(re.findall(r"^export (\w+)=(\S+)$", env_file.read_text(), re.MULTILINE))
+    assert exports == {
+        "PLEXD_NODE_ID": registration.node_id,
+        "PLEXD_TOKEN": token,
+        "PLEXD_VERIFY_KEY": emulator.signing_public_key,
+    }
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    assert token not in result.stdout + result.stderr
+    assert str(env_file) in result.stderr
+
+
+async def test_register_with_env_file_still_shows_its_error(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**base_env, "PLEXD_BOOTSTRAP_TOKEN": "not-the-token"}
+    env_file = tmp_path / "node.env"
+    result = await run_cli("register", "--env-file", str(env_file), env=env)
+    assert result.returncode == EXIT_AUTH
+    assert "401" in assert_one_error_line(result)
+    assert not env_file.exists()
+
+
 async def test_register_with_a_wrong_bootstrap_token_exits_3(base_env: dict[str, str]) -> None:
     env = {**base_env, "PLEXD_BOOTSTRAP_TOKEN": "not-the-token"}
     result = await run_cli("register", env=env)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import shlex
 import socket
 import sys
@@ -160,19 +161,27 @@ def ping() -> None:
     metavar="KEY=VALUE",
     help="Metadata to register with (repeatable).",
 )
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the node's settings (the export lines, token included) to FILE, readable "
+    "by its owner only, instead of stderr; errors still show on stderr.",
+)
 @show_secrets_option
 def register(
     bootstrap_token: str,
     hostname: str,
     public_key: str | None,
     metadata: tuple[str, ...],
+    env_file: Path | None,
     show_secrets: bool,
 ) -> None:
     """Register a node; prints the registration as JSON.
 
     The node's token is printed once, on stderr, as an `export PLEXD_TOKEN=...` line next
     to PLEXD_NODE_ID and PLEXD_VERIFY_KEY (nothing is stored); with --show-secrets it is in
-    the JSON instead. Keep it: the control plane does not show it again.
+    the JSON instead. Keep it: the control plane does not show it again. With --env-file
+    the export lines go to that file instead (`. ./node.env` reads them back).
     """
     request = RegisterRequest(
         token=bootstrap_token,
@@ -182,13 +191,31 @@ def register(
     )
     response = call_control_plane(lambda client: client.register(request))
     _print_json(response, show_secrets)
+    exports = {"PLEXD_NODE_ID": response.node_id}
+    if not show_secrets or env_file is not None:
+        exports["PLEXD_TOKEN"] = response.node_secret_key
+    exports["PLEXD_VERIFY_KEY"] = response.signing_public_key
+    lines = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in exports.items())
+    if env_file is not None:
+        _write_private(env_file, lines)
+        click.echo(f"# the node's settings are in {env_file} (the token only there)", err=True)
+        return
     click.echo(
         "# the node's settings for the other commands (the token is shown only here):", err=True
     )
-    click.echo(f"export PLEXD_NODE_ID={shlex.quote(response.node_id)}", err=True)
-    if not show_secrets:
-        click.echo(f"export PLEXD_TOKEN={shlex.quote(response.node_secret_key)}", err=True)
-    click.echo(f"export PLEXD_VERIFY_KEY={shlex.quote(response.signing_public_key)}", err=True)
+    click.echo(lines, err=True, nl=False)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable and writable by its owner only, even when it
+    was there before with a wider mode."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+    except OSError as error:
+        raise click.ClickException(f"{path}: {error.strerror}") from None
 
 
 def _throwaway_public_key() -> str:
