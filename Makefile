@@ -39,7 +39,7 @@ $(VENV)/.docs: pyproject.toml $(VENV)/.dev
 	touch $@
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff check src tests bench examples scripts
 
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy --strict src examples
@@ -52,6 +52,12 @@ demo: $(VENV)/.demo
 
 bench: $(VENV)/.bench
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# The documentation site (site/): warnings fail the build, and every public name must be
+# in the API reference.
+docs: $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+	$(BIN)/python scripts/check_docs_reference.py site
 
 # The wheel and sdist as a user gets them: built, checked by twine, and the wheel
 # installed and imported in a clean venv of its own.

@@ -98,6 +98,7 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
+"""The package's version, the one place it is written (the build reads it here)."""
 
 # The package logger's NullHandler, and stderr logging when PLEXD_LOG asks for it.
 _setup_logging()

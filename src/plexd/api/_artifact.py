@@ -30,8 +30,9 @@ from ._http import ArtifactStream, failure_of
 from ._retry import log_retry, retry_delay
 from .errors import APIError, ArgumentError, ChecksumError, PlexdError, ResponseError, printable
 
-# WIRE.md, the artifact download: the SHA-256 of the artifact, hex, when the server knows it.
 CHECKSUM_HEADER = "X-Checksum-SHA256"
+"""The response header of an artifact download carrying its SHA-256, hex, when the
+server knows it (WIRE.md)."""
 # Suffix of the file a download is written to until its checksum matched.
 PARTIAL_SUFFIX = ".part"
 # No artifact is larger: a server that sends more fills no disk.

@@ -32,7 +32,6 @@ _TIMEOUT_DEFAULTS = {
 }
 _FILE_FIELDS = ("ca_file", "client_cert", "client_key")
 
-# Config.from_env: the variable of each field (the CLI's options read the same ones).
 CONFIG_ENV_VARIABLES: Mapping[str, str] = {
     "base_url": "PLEXD_BASE_URL",
     "token": "PLEXD_TOKEN",
@@ -44,6 +43,8 @@ CONFIG_ENV_VARIABLES: Mapping[str, str] = {
     "request_timeout": "PLEXD_TIMEOUT",
     "max_retries": "PLEXD_MAX_RETRIES",
 }
+"""The environment variable :meth:`Config.from_env` reads for each field (the CLI's
+options stand for the same ones)."""
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 

@@ -12,6 +12,7 @@ from ._envelope import SignedEnvelope
 from .errors import printable
 
 EventHandler = Callable[[SignedEnvelope], Awaitable[None] | None]
+"""An event handler: a plain function of the envelope, or an ``async def`` one."""
 
 
 class EventDispatcher:

@@ -33,8 +33,8 @@ from .errors import (
 
 T = TypeVar("T")
 
-# WHATWG: the MIME type of an event stream.
 EVENT_STREAM = "text/event-stream"
+"""The media type of an event stream (WHATWG)."""
 # Largest piece of decompressed output produced at once, so a gzip bomb never
 # expands in memory by more than this before the cap is checked.
 _INFLATE_STEP = 256 * 1024

@@ -40,12 +40,12 @@ DEFAULT_POLL_INTERVAL = 60.0
 # A connection that stayed up this long is healthy even if it carried no event
 # (a quiet stream of keep-alives): it resets the backoff like one that delivered events.
 STABLE_CONNECTION = 60.0
-# A server's `retry:` below 100 ms counts as 100 ms: `retry: 0` must not turn every
-# reconnect into a hot loop. (A caller's own base of 0 stays allowed.)
 MIN_SERVER_RETRY = 0.1
-# A Retry-After is honoured up to an hour, beyond the backoff maximum; a longer one
-# (10**12 s, a date in the year 9999) would park the node for good.
+"""Seconds: a server's ``retry:`` below 100 ms counts as 100 ms, so ``retry: 0`` cannot
+turn every reconnect into a hot loop. (A caller's own base of 0 stays allowed.)"""
 MAX_RETRY_AFTER = 3600.0
+"""Seconds: a ``Retry-After`` is honoured up to an hour, beyond the backoff maximum; a
+longer one (10**12 s, a date in the year 9999) would park the node for good."""
 
 _NEVER = math.inf
 

@@ -40,11 +40,11 @@ from yarl import URL
 from ._config import Config, redact_url, validate_proxy
 from .errors import MASK, ArgumentError, ConfigError
 
-# Concurrent TLS connection set-ups (TCP connect + handshake) per server and
-# event loop. The handshakes run on the loop's thread anyway: a queue this long
-# keeps a LAN's throughput (1,000 connections come up faster than with no limit)
-# while the heap stays compact.
 TLS_HANDSHAKE_LIMIT = 16
+"""Concurrent TLS connection set-ups (TCP connect + handshake) per server and event loop,
+by default (:func:`set_tls_handshake_limit` changes it). The handshakes run on the loop's
+thread anyway: a queue this long keeps a LAN's throughput (1,000 connections come up
+faster than with no limit) while the heap stays compact."""
 
 _handshake_limit = TLS_HANDSHAKE_LIMIT
 _handshake_slots: weakref.WeakKeyDictionary[

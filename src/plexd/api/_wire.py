@@ -22,6 +22,8 @@ from .errors import MASK, ArgumentError, ArgumentTypeError, ResponseError
 T = TypeVar("T")
 
 NULL = msgspec.Raw(b"null")
+"""JSON ``null`` as a raw field value: what an empty raw field (``payload``, ``data``,
+...) is sent as."""
 
 # What msgspec raises for a value JSON cannot hold, and for bytes that are not JSON.
 # RecursionError: nesting deeper than msgspec's guard (about 1,000 levels on Python 3.11

@@ -46,8 +46,8 @@ import msgspec
 
 # API.md: "APIError.message is at most the first 4096 bytes of the body".
 MAX_ERROR_BODY = 4096
-# RFC 9457: the media type of a problem document.
 PROBLEM_JSON = "application/problem+json"
+"""The media type of a problem document (RFC 9457), whose members an APIError takes."""
 # API.md: "retry_after is parsed from Retry-After on 429 and 503".
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 # What a secret (a token, a password, a key) shows as in a repr, a message or a log line.
