@@ -39,6 +39,7 @@ class World:
             "PLEXD_BOOTSTRAP_TOKEN": BOOTSTRAP,
             "PLEXD_NODE_ID": self.node_id,
             "PLEXD_TOKEN": self.token,
+            "PLEXD_VERIFY_KEY": self.emulator.signing_public_key,
         }
 
 
