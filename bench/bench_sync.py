@@ -44,7 +44,8 @@ def serve(conn: Connection, events: int) -> None:
     from plexd.emulator import Emulator
 
     async def main() -> None:
-        async with Emulator() as emulator:
+        # The log keeps every event, so each round replays them all from the start.
+        async with Emulator(max_events=max(events, 1)) as emulator:
             node_id, token = emulator.register_node("bench-node")
             emulator.publish_many(node_id, (("peer_added", {"n": n}) for n in range(events)))
             conn.send((emulator.url, node_id, token))
@@ -120,6 +121,7 @@ def async_events(url: str, node_id: str, token: str, events: int) -> float:
         async with ControlPlane(Config(base_url=url), VERSION) as client:
             client.set_auth_token(token)
             manager = SSEManager(client)
+            manager.last_event_id = "0"  # replay from the start: published before
             seen = [0]
 
             def count(envelope: SignedEnvelope) -> None:
@@ -140,6 +142,7 @@ def sync_events(url: str, node_id: str, token: str, events: int) -> float:
     with sync.ControlPlane(Config(base_url=url), VERSION) as client:
         client.set_auth_token(token)
         manager = sync.SSEManager(client)
+        manager.last_event_id = "0"  # replay from the start: published before
         seen = [0]
 
         def count(envelope: SignedEnvelope) -> None:
