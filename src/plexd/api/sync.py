@@ -38,7 +38,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from os import PathLike
 from types import FrameType, TracebackType
-from typing import Any, Concatenate, Final, Literal, ParamSpec, TypeVar, cast, overload
+from typing import Any, Concatenate, Final, Literal, ParamSpec, Self, TypeVar, cast, overload
 
 from . import _client, _eventsource, _http, _manager
 from ._artifact import ArtifactDownload
@@ -262,6 +262,18 @@ class _Resource:
         if self._closed:
             raise ClientClosedError(f"{type(self).__name__} is closed")
 
+    def __enter__(self) -> Self:
+        self._check_open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
     def close(self) -> None:
         """Close it and release the background loop. Safe to call twice, from any thread."""
         with self._close_lock:
@@ -446,18 +458,6 @@ class ControlPlane(_Resource):
 
     def __repr__(self) -> str:
         return f"sync.{self._client!r}"
-
-    def __enter__(self) -> ControlPlane:
-        self._check_open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def config(self) -> Config:
@@ -872,18 +872,6 @@ class EventSource(_Resource):
 
     def __repr__(self) -> str:
         return f"sync.{self._source!r}"
-
-    def __enter__(self) -> EventSource:
-        self._check_open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __iter__(self) -> Iterator[SSEEvent]:
         return self
