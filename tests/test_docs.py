@@ -8,6 +8,8 @@ what it needs from outside put in place first:
   started for the test, whose bootstrap token is ``bootstrap-token``;
 - ``https://example.com/stream`` (the docs' public event stream) by a loopback stream
   that sends three events per connection;
+- ``ca.pem``, ``node.pem`` and ``node.key`` (a test CA and a client certificate) are in
+  the snippet's directory;
 - the environment carries ``PLEXD_BASE_URL``, ``PLEXD_BOOTSTRAP_TOKEN``, and a node
   registered beforehand (``PLEXD_NODE_ID``, ``PLEXD_TOKEN``);
 - the emulator publishes a ``node_state_updated`` event to every registered node every
@@ -26,6 +28,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import trustme
 
 from _programs import run, world
 
@@ -72,10 +75,21 @@ def test_the_pages_have_python_blocks_to_run() -> None:
     assert len(runnable) >= 5, [s.name for s in snippets()]
 
 
+def certificates(where: Path) -> None:
+    """``ca.pem``, ``node.pem`` and ``node.key`` (a client certificate of that CA), for
+    the snippets that load files of the user's own."""
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(where / "ca.pem"))
+    node = ca.issue_cert("node.example")
+    node.cert_chain_pems[0].write_to_path(str(where / "node.pem"))
+    node.private_key_pem.write_to_path(str(where / "node.key"))
+
+
 @pytest.mark.parametrize("snippet", snippets(), ids=lambda s: s.name)
 async def test_snippet_runs(snippet: Snippet, tmp_path: Path) -> None:
     if snippet.directive.startswith("skip"):
         pytest.skip(snippet.directive)
+    certificates(tmp_path)
     async with world(publish_every=0.05) as here:
         code = snippet.code.replace("https://cp.example", here.emulator.url)
         code = code.replace("https://example.com/stream", here.stream_url)
