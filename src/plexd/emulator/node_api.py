@@ -10,6 +10,7 @@ body that is too large, malformed or nested too deep is a 4xx problem document.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from typing import TypeVar
@@ -38,6 +39,9 @@ from .state import EmulatorState
 from .stream import StreamCut
 
 EVENTS_ROUTE = "events"
+# How long an event stream waits after its head for a client that already left to show
+# (its reset); a fault is taken only after it.
+_SETTLE = 0.005
 _EVENT_STREAM_HEADERS = {
     "Content-Type": EVENT_STREAM,
     "Cache-Control": "no-cache",
@@ -318,6 +322,9 @@ class NodeAPI:
             _log.debug("event stream client left before the response", extra={"node_id": node.id})
             return response
         mark_answered(request, response.status)
+        # A client that closed right after its request is seen only once the head's bytes
+        # bounce (a reset from its kernel): give that a moment before a fault is spent.
+        await asyncio.sleep(_SETTLE)
         if request.transport is None or request.transport.is_closing():
             _log.debug("event stream client left before the response", extra={"node_id": node.id})
             return response
