@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import multiprocessing
 import os
 import resource
@@ -26,29 +25,19 @@ import time
 from multiprocessing.connection import Connection
 
 from aiohttp import web
-from nacl.signing import SigningKey
 
+from _signed import PUBLIC, SEED, bare_verify, signed_message
 from plexd.api import (
     Config,
     ControlPlane,
     Ed25519Verifier,
     SignedEnvelope,
-    canonical_bytes,
     envelope_json,
     parse_envelope,
     sign_envelope,
 )
 from plexd.api._manager import SSEManager
 from plexd.api._pool import DEFAULT_VERIFY_THREADS
-
-try:  # PyNaCl's cffi binding: the bare loop calls libsodium with nothing around it.
-    from nacl._sodium import ffi as _ffi
-    from nacl._sodium import lib as _lib
-except ImportError:  # pragma: no cover
-    _ffi = _lib = None
-
-SEED = bytes(range(32))
-PUBLIC = SigningKey(SEED).verify_key.encode()
 
 
 def node_log(node: int, count: int) -> bytes:
@@ -127,15 +116,6 @@ async def fleet(url: str, nodes: int, count: int, threads: int) -> tuple[float, 
     return wall, cpu, loop_cpu
 
 
-def bare_verify(messages: list[bytes]) -> float:
-    start = time.perf_counter()
-    null, sign_open, key = _ffi.NULL, _lib.crypto_sign_open, PUBLIC
-    for message in messages:
-        if sign_open(null, null, message, len(message), key) != 0:
-            raise AssertionError("bad signature")
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nodes", type=int, default=200)
@@ -152,7 +132,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     datas = [line[6:] for line in sample.split(b"\n") if line.startswith(b"data: ")]
     envelopes = [parse_envelope(data) for data in datas]
-    one_node = [base64.b64decode(e.signature) + canonical_bytes(e) for e in envelopes]
+    one_node = [signed_message(e) for e in envelopes]
     messages = (one_node * nodes)[:total]
     threads = DEFAULT_VERIFY_THREADS
     variants = {"on the event loop": 0, f"{threads} thread(s) + the loop": threads}
@@ -165,7 +145,7 @@ def main() -> None:
                 rounds[name].append(total / wall)
                 if name not in best or wall < best[name][0]:
                     best[name] = (wall, cpu, loop_cpu)
-            wall = bare_verify(messages)
+            wall, _ = bare_verify(messages)
             rounds["bare"].append(total / wall)
             if "bare" not in best or wall < best["bare"][0]:
                 best["bare"] = (wall, wall, wall)

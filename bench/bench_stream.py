@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import multiprocessing
 import os
 import statistics
@@ -30,8 +29,8 @@ import time
 from multiprocessing.connection import Connection
 
 from aiohttp import web
-from nacl.signing import SigningKey
 
+from _signed import PUBLIC, SEED, bare_verify, signed_message
 from plexd.api import (
     Config,
     ControlPlane,
@@ -39,7 +38,6 @@ from plexd.api import (
     EventVerifier,
     NoOpVerifier,
     SignedEnvelope,
-    canonical_bytes,
     envelope_json,
     parse_envelope,
     sign_envelope,
@@ -48,14 +46,6 @@ from plexd.api._manager import SSEManager
 from plexd.api._pool import DEFAULT_VERIFY_THREADS
 from plexd.api._sse import SSEParser
 
-try:  # PyNaCl's cffi binding: the bare loop calls libsodium with nothing around it.
-    from nacl._sodium import ffi as _ffi
-    from nacl._sodium import lib as _lib
-except ImportError:  # pragma: no cover
-    _ffi = _lib = None
-
-SEED = bytes(range(32))
-PUBLIC = SigningKey(SEED).verify_key.encode()
 NODE = "bench-node"
 QUIET = "quiet-node"
 QUIET_EVERY = 0.005
@@ -143,25 +133,8 @@ def signed_messages(body: bytes) -> list[bytes]:
     datas = [line[6:] for line in body.split(b"\n") if line.startswith(b"data: ")]
     messages = []
     for data in datas:
-        envelope = parse_envelope(data)
-        messages.append(base64.b64decode(envelope.signature) + canonical_bytes(envelope))
+        messages.append(signed_message(parse_envelope(data)))
     return messages
-
-
-def bare_verify(messages: list[bytes]) -> tuple[float, float]:
-    """Wall and CPU seconds of a single-thread loop of libsodium verifies, nothing else."""
-    cpu, wall = time.process_time(), time.perf_counter()
-    if _lib is not None:
-        null, sign_open, key = _ffi.NULL, _lib.crypto_sign_open, PUBLIC
-        for message in messages:
-            if sign_open(null, null, message, len(message), key) != 0:
-                raise AssertionError("bad signature")
-    else:  # pragma: no cover
-        import nacl.bindings
-
-        for message in messages:
-            nacl.bindings.crypto_sign_open(message, PUBLIC)
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def parse_only(body: bytes) -> tuple[int, float]:
