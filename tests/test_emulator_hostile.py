@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from plexd.api import PROBLEM_JSON, MetricPoint
-from plexd.emulator import Emulator
+from plexd.emulator import Emulator, node_api
 from plexd.emulator.exchange import MAX_UNAUTHENTICATED_BODY
 
 # Bounds every wait so that a broken emulator fails the test instead of hanging it.
@@ -77,6 +77,31 @@ def status_of(answer: bytes) -> int:
 
 
 # --- clients that leave early ---------------------------------------------------------------
+
+
+async def test_an_event_published_while_the_head_is_on_its_way_is_the_streams_first(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "Now", for a stream without a cursor, is when its request came: the wait after the
+    # head (for a client that already left) must not lose what is published meanwhile.
+    monkeypatch.setattr(node_api, "_SETTLE", 0.5)
+    node_id, token = emulator.register_node()
+    reader, writer = await asyncio.open_connection(emulator.host, emulator.port)
+    try:
+        writer.write(events_request(node_id, token))
+        await writer.drain()
+        async with asyncio.timeout(WAIT):
+            while not any(c.path.endswith("/events") for c in emulator.calls):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            emulator.publish(node_id, "policy_updated", {"id": "during-the-wait"})
+            received = b""
+            while b"during-the-wait" not in received:
+                chunk = await reader.read(65536)
+                assert chunk, received
+                received += chunk
+    finally:
+        writer.close()
+    assert b"event: policy_updated" in received
 
 
 @pytest.mark.parametrize("reset", [False, True], ids=["close", "reset"])

@@ -3,12 +3,13 @@ run it: a fresh interpreter, the ``PLEXD_*`` environment, its own command line."
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import signal
 import sys
 from pathlib import Path
 
-from _programs import run, start, world
+from _programs import TIMEOUT, run, start, world
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -30,7 +31,9 @@ async def test_the_node_agent_runs_until_sigterm_and_deregisters(tmp_path: Path)
         line = await agent.wait_for_line("registered as ")
         node_id = line.split("registered as ")[1].split()[0]
         await agent.wait_for_line("heartbeat sent")
-        # Another node joining is pushed to the agent as a signed peer_added event.
+        # Its stream is open (it shows events published from now on): another node joining
+        # is pushed to it as a signed peer_added event.
+        await asyncio.wait_for(here.emulator.wait_for_streams(node_id), TIMEOUT)
         newcomer, _ = here.emulator.register_node("newcomer")
         await agent.wait_for_line(f"a peer joined: {newcomer}")
         assert here.emulator.counts(node_id)["heartbeats"] >= 1

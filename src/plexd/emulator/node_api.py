@@ -315,6 +315,9 @@ class NodeAPI:
         """
         node = self._node(request)
         state = self._state
+        # "Now", for a stream without a cursor, is when the request came: an event
+        # published while the head is on its way is the stream's first, not lost.
+        cursor = request.headers.get("Last-Event-ID", "").strip() or str(node.events.published)
         response = web.StreamResponse(headers=_EVENT_STREAM_HEADERS)
         try:
             await response.prepare(request)
@@ -329,7 +332,6 @@ class NodeAPI:
             _log.debug("event stream client left before the response", extra={"node_id": node.id})
             return response
         plan = state.take_stream_plan(node.id)
-        cursor = request.headers.get("Last-Event-ID", "").strip() or None
         stream = state.new_stream(node, cursor, response.write, plan)
         with state.open_stream(stream):
             try:
