@@ -1,5 +1,5 @@
 """plexd.api.sync against the emulator, used from plain threads that run no event loop
-of their own (asyncio.to_thread's workers, threading.Thread): results and errors in
+of their own (threads started by the tests, see in_thread): results and errors in
 the calling thread, handlers in the thread that called run, one background loop thread
 for the whole process, and no thread left behind."""
 
