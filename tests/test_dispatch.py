@@ -120,3 +120,37 @@ async def test_event_fields_in_log_lines_are_escaped(caplog: pytest.LogCaptureFi
     assert len(caplog.records) == 2
     for record in caplog.records:
         assert record.getMessage().isprintable(), record.getMessage()
+
+
+def test_plain_handlers_run_at_once_without_a_coroutine() -> None:
+    # dispatch_now, outside any event loop: plain handlers are called here and now.
+    dispatcher = EventDispatcher()
+    calls: list[str] = []
+    dispatcher.register("peer_added", lambda env: calls.append("first"))
+    dispatcher.register_default(lambda env: calls.append("default"))
+    assert dispatcher.dispatch_now(envelope()) is None
+    assert calls == ["first", "default"]
+
+
+async def test_the_handlers_after_an_async_one_wait_for_it() -> None:
+    dispatcher = EventDispatcher()
+    calls: list[str] = []
+    gate = asyncio.Event()
+
+    async def slow(env: SignedEnvelope) -> None:
+        await gate.wait()
+        calls.append("async")
+
+    def broken(env: SignedEnvelope) -> None:
+        raise RuntimeError("boom")
+
+    dispatcher.register("peer_added", lambda env: calls.append("first"))
+    dispatcher.register("peer_added", slow)
+    dispatcher.register("peer_added", broken)
+    dispatcher.register("peer_added", lambda env: calls.append("last"))
+    pending = dispatcher.dispatch_now(envelope())
+    assert pending is not None
+    assert calls == ["first"]
+    gate.set()
+    await pending
+    assert calls == ["first", "async", "last"]

@@ -33,8 +33,19 @@ from plexd.api import (
 )
 from plexd.api._envelope import _parse_envelope_exact
 from plexd.api._gojson import decode_base64, scan_json
-from plexd.api._gotime import ZERO_TIME, format_rfc3339nano, parse_rfc3339
-from plexd.api._verify import _canonical_fast, _canonical_general, _fast_path_applies
+from plexd.api._gotime import (
+    ZERO_TIME,
+    epoch_ns,
+    format_rfc3339nano,
+    parse_rfc3339,
+    unmarshal_json_time,
+)
+from plexd.api._verify import (
+    _canonical_fast,
+    _canonical_general,
+    _fast_path_applies,
+    _signature_bytes,
+)
 from plexd.api.errors import ConfigError, EnvelopeError, PlexdError, VerificationError
 
 SEED_OLD = bytes(range(32))
@@ -430,6 +441,52 @@ async def test_non_canonical_s_is_rejected() -> None:
 )
 def test_base64_is_decoded_as_go_std_encoding_decodes_it(text: str, raw: bytes | None) -> None:
     assert decode_base64(text) == raw
+
+
+# Signature text: what Go writes, with one to three characters changed to anything that
+# may matter (the alphabet, padding, CR/LF that Go skips, what Go refuses).
+_SIGNATURE_CHARS = "ABZaz09+/=\r\n -_\t\x00é"
+
+
+@st.composite
+def signature_texts(draw: st.DrawFn) -> str:
+    text = list(base64.b64encode(draw(st.binary(min_size=64, max_size=64))).decode())
+    for _ in range(draw(st.integers(0, 3))):
+        text[draw(st.integers(0, len(text) - 1))] = draw(st.sampled_from(_SIGNATURE_CHARS))
+    if draw(st.booleans()):
+        text.insert(draw(st.integers(0, len(text))), draw(st.sampled_from(_SIGNATURE_CHARS)))
+    return "".join(text)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(signature_texts() | st.text(alphabet=_SIGNATURE_CHARS, max_size=12))
+def test_signatures_decode_as_go_std_encoding_decodes_them(text: str) -> None:
+    # The signature's own fast decoding (strict base64 for 88 characters ending in "==")
+    # says what Go's rules (decode_base64) say, for every text.
+    assert _signature_bytes(text) == decode_base64(text)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
+    ),
+    st.integers(0, 999_999_999) | st.sampled_from([0, 100_000_000, 5, 120_000_000]),
+    st.integers(-(24 * 60 - 1), 24 * 60 - 1) | st.just(0),
+)
+def test_times_as_go_writes_them_read_back_exactly_with_their_nanoseconds(
+    when: datetime, nanos: int, offset_minutes: int
+) -> None:
+    # What every event goes through: the one-pattern path must give what the general
+    # parser gives, and the epoch nanoseconds the window is checked against.
+    zone = timezone(timedelta(minutes=offset_minutes))
+    when = when.astimezone(zone).replace(microsecond=nanos // 1000)
+    text = format_rfc3339nano(when, nanos)
+    parsed, parsed_nanos, parsed_text, parsed_ns = unmarshal_json_time(b'"%s"' % text.encode())
+    expected, expected_nanos = parse_rfc3339(text)
+    assert (parsed, parsed_nanos, parsed_text) == (expected, expected_nanos, text)
+    assert parsed.utcoffset() == expected.utcoffset()
+    assert parsed_ns == epoch_ns(expected, expected_nanos)
 
 
 async def test_signature_with_line_breaks_verifies_as_in_go() -> None:

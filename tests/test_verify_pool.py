@@ -537,3 +537,26 @@ async def test_shutdowns_at_random_moments_lose_and_repeat_nothing(
         await asyncio.wait_for(final.start(NODE), 30)
     assert handled == [f"evt-{n}" for n in range(1, total + 1)]
     assert len(verifier.nonces) == total
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+async def test_a_dispatcher_that_changes_dispatch_is_the_one_called(
+    server: Server, client: ControlPlane, threads: int
+) -> None:
+    # Plain handlers run without a coroutine per event (dispatch_now), except where a
+    # subclass of EventDispatcher says how events are dispatched.
+    server.log = [signed_event(n) for n in range(1, 20)]
+    server.cuts = [sum(map(len, server.log))]
+    seen: list[str] = []
+
+    class Recording(EventDispatcher):
+        async def dispatch(self, envelope: SignedEnvelope) -> None:
+            seen.append("via " + envelope.event_id)
+            await super().dispatch(envelope)
+
+    dispatcher = Recording()
+    dispatcher.register("peer_added", lambda envelope: seen.append(envelope.event_id))
+    stream = SSEStream(client, Ed25519Verifier(PUBLIC), dispatcher, 5, verify_threads=threads)
+    with pytest.raises(Exception):  # noqa: B017 - the drop, whatever it maps to
+        await stream.connect(NODE)
+    assert seen == [text for n in range(1, 20) for text in (f"via evt-{n}", f"evt-{n}")]

@@ -52,6 +52,14 @@ class EventDispatcher:
     async def dispatch(self, envelope: SignedEnvelope) -> None:
         """Run every handler of the envelope's type, then every default handler; returns
         when the last one finished."""
+        pending = self.dispatch_now(envelope)
+        if pending is not None:
+            await pending
+
+    def dispatch_now(self, envelope: SignedEnvelope) -> Awaitable[None] | None:
+        """:meth:`dispatch` without a coroutine while the handlers are plain functions:
+        runs them here and returns None, or, from the first handler that returns an
+        awaitable on, returns what finishes the work (await it at once)."""
         handlers = self._handlers.get(envelope.event_type) or self._defaults
         if not handlers:
             self._log.debug(
@@ -60,24 +68,47 @@ class EventDispatcher:
                 printable(envelope.event_id),
                 extra={"event_type": envelope.event_type, "event_id": envelope.event_id},
             )
-            return
+            return None
         for index, handler in enumerate(handlers):
             try:
                 result = handler(envelope)
                 if result is not None and inspect.isawaitable(result):
+                    return self._finish(envelope, handlers, index, result)
+            except Exception as exc:
+                self._handler_failed(envelope, index, exc)
+        return None
+
+    async def _finish(
+        self,
+        envelope: SignedEnvelope,
+        handlers: tuple[EventHandler, ...],
+        index: int,
+        pending: Awaitable[None],
+    ) -> None:
+        try:
+            await pending
+        except Exception as exc:
+            self._handler_failed(envelope, index, exc)
+        for later in range(index + 1, len(handlers)):
+            try:
+                result = handlers[later](envelope)
+                if result is not None and inspect.isawaitable(result):
                     await result
             except Exception as exc:
-                self._log.error(
-                    "handler %d for %s event %s raised %s: %s",
-                    index,
-                    printable(envelope.event_type),
-                    printable(envelope.event_id),
-                    type(exc).__name__,
-                    exc,
-                    exc_info=exc,
-                    extra={
-                        "event_type": envelope.event_type,
-                        "event_id": envelope.event_id,
-                        "handler_index": index,
-                    },
-                )
+                self._handler_failed(envelope, later, exc)
+
+    def _handler_failed(self, envelope: SignedEnvelope, index: int, exc: Exception) -> None:
+        self._log.error(
+            "handler %d for %s event %s raised %s: %s",
+            index,
+            printable(envelope.event_type),
+            printable(envelope.event_id),
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+            extra={
+                "event_type": envelope.event_type,
+                "event_id": envelope.event_id,
+                "handler_index": index,
+            },
+        )

@@ -18,6 +18,7 @@ from ._gojson import field_key, scan_json, unquote
 from ._gotime import (
     NANOS_PER_SECOND,
     ZERO_TIME,
+    ZERO_TIME_NS,
     ZERO_TIME_TEXT,
     epoch_ns,
     format_rfc3339nano,
@@ -217,10 +218,10 @@ def _envelope_from_wire(
     if not event_id:
         raise EnvelopeError("missing or empty event_id")
     if issued_at_raw is None:
-        issued_at, nanos, text = ZERO_TIME, 0, ZERO_TIME_TEXT
+        issued_at, nanos, text, issued_ns = ZERO_TIME, 0, ZERO_TIME_TEXT, ZERO_TIME_NS
     else:
         try:
-            issued_at, nanos, text = unmarshal_json_time(issued_at_raw)
+            issued_at, nanos, text, issued_ns = unmarshal_json_time(issued_at_raw)
         except ValueError as exc:
             raise EnvelopeError(f"bad issued_at: {exc}") from None
     # Every part is known to be consistent here: skip __init__'s checks.
@@ -233,7 +234,7 @@ def _envelope_from_wire(
     envelope.nonce = nonce
     envelope.payload = payload if len(payload) else NULL
     envelope.signature = signature
-    envelope._issued_at_ns = epoch_ns(issued_at, nanos)
+    envelope._issued_at_ns = issued_ns
     return envelope
 
 

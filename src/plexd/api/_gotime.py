@@ -30,14 +30,16 @@ _RFC3339 = re.compile(
     r"(?:(Z)|([+-])([0-9]{2}):([0-9]{2}))",
     re.ASCII,
 )
-# Text that Go's RFC3339Nano writes (fields in range, no trailing zero in the fraction,
-# Z rather than a zero offset); group 1 is the fraction.
-_RFC3339NANO_CANONICAL = re.compile(
-    r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+# A JSON string of text that Go's RFC3339Nano writes (fields in range, no trailing zero
+# in the fraction, Z rather than a zero offset); group 1 is the text, group 2 the fraction.
+_QUOTED_RFC3339NANO = re.compile(
+    r'"([0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])'
     r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.([0-9]{0,8}[1-9]))?"
-    r"(?:Z|[+-](?!00:00)(?:[01][0-9]|2[0-3]):[0-5][0-9])",
+    r'(?:Z|[+-](?!00:00)(?:[01][0-9]|2[0-3]):[0-5][0-9]))"',
     re.ASCII,
 )
+# Nanoseconds per unit of a fraction of n digits, by n.
+_FRACTION_SCALE = tuple(10 ** (9 - digits) for digits in range(10))
 _ZONES: dict[int, timezone] = {0: UTC}
 
 
@@ -112,9 +114,10 @@ def format_rfc3339nano(when: datetime, nanos: int | None = None) -> str:
     return f"{text}{sign}{hours:02d}:{mins:02d}"
 
 
-def unmarshal_json_time(raw: bytes) -> tuple[datetime, int, str]:
+def unmarshal_json_time(raw: bytes) -> tuple[datetime, int, str, int]:
     """A JSON string read as Go's ``Time.UnmarshalJSON`` reads it: the datetime, its
-    nanoseconds, and the time as ``time.RFC3339Nano`` writes it with the received offset.
+    nanoseconds, the time as ``time.RFC3339Nano`` writes it with the received offset,
+    and the time in nanoseconds since the Unix epoch.
 
     Raises ValueError where Go fails.
     """
@@ -122,25 +125,27 @@ def unmarshal_json_time(raw: bytes) -> tuple[datetime, int, str]:
         quoted = str(raw, "ascii")
     except UnicodeDecodeError:
         raise ValueError("not an RFC 3339 time") from None
-    # Go takes the text between the quotes as it is: no JSON unescaping.
-    if len(quoted) < 2 or quoted[0] != '"' or quoted[-1] != '"':
-        raise ValueError("not a JSON string")
-    text = quoted[1:-1]
-    canonical = _RFC3339NANO_CANONICAL.fullmatch(text)
+    canonical = _QUOTED_RFC3339NANO.fullmatch(quoted)
     if canonical is not None:
-        # What a Go control plane sends: let the C parser do it (the pattern has checked
-        # the grammar; it truncates digits past the microsecond, as checked below).
-        fraction = canonical.group(1)
-        nanos = int(fraction.ljust(9, "0")) if fraction else 0
+        # What a Go control plane sends (every event goes through here): let the C parser
+        # do it (the pattern has checked the grammar; it truncates digits past the
+        # microsecond, as checked below).
+        text, fraction = canonical.groups()
+        nanos = int(fraction) * _FRACTION_SCALE[len(fraction)] if fraction else 0
         try:
             when = datetime.fromisoformat(text)
         except ValueError:
             pass  # out of range (a 31st of February): parse_rfc3339 says why
         else:
             if when.microsecond == nanos // 1000:
-                return when, nanos, text
-    when, nanos = parse_rfc3339(text)
-    return when, nanos, format_rfc3339nano(when, nanos)
+                delta = when - _EPOCH
+                seconds = delta.days * 86400 + delta.seconds
+                return when, nanos, text, seconds * NANOS_PER_SECOND + nanos
+    # Go takes the text between the quotes as it is: no JSON unescaping.
+    if len(quoted) < 2 or quoted[0] != '"' or quoted[-1] != '"':
+        raise ValueError("not a JSON string")
+    when, nanos = parse_rfc3339(quoted[1:-1])
+    return when, nanos, format_rfc3339nano(when, nanos), epoch_ns(when, nanos)
 
 
 def epoch_ns(when: datetime, nanos: int | None = None) -> int:
