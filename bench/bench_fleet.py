@@ -11,7 +11,14 @@ loop thread's (the rest is the verification threads'); "CPU use" is CPU s over w
 s (200% = both cores of a 2-CPU machine). At the end of every round each node must
 have handled each of its events exactly once, in its order.
 
-    python bench/bench_fleet.py [--nodes N] [--events-per-node N] [--rounds N]
+Where the time goes: with the GIL, a verification thread that finished a verify
+waits for the interpreter while the loop runs Python, so the wall time is about the
+loop's Python (the loop-only variant's CPU less the bare loop's) plus the verifying
+shared by the loop and the threads; the benchmark prints that estimate beside the
+measured time. ``--gil-waits`` adds a round that times every verify on the threads:
+what a call took beyond its CPU time is the wait for the GIL after it.
+
+    python bench/bench_fleet.py [--nodes N] [--events-per-node N] [--rounds N] [--gil-waits]
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import asyncio
 import multiprocessing
 import os
 import resource
+import threading
 import time
 from multiprocessing.connection import Connection
 
@@ -32,6 +40,7 @@ from plexd.api import (
     ControlPlane,
     Ed25519Verifier,
     SignedEnvelope,
+    _verify,
     envelope_json,
     parse_envelope,
     sign_envelope,
@@ -116,11 +125,37 @@ async def fleet(url: str, nodes: int, count: int, threads: int) -> tuple[float, 
     return wall, cpu, loop_cpu
 
 
+def gil_waits(url: str, nodes: int, count: int, threads: int) -> tuple[float, list[float]]:
+    """One round with every verify on a pool thread timed: the round's wall seconds, and
+    per verify its wall time less its CPU time (the wait for the GIL after the call)."""
+    waits: list[float] = []
+    original = _verify._ed25519_valid
+    loop_thread = threading.get_ident()
+
+    def timed(signed: bytes, key: bytes) -> bool:
+        if threading.get_ident() == loop_thread:
+            return original(signed, key)
+        wall, cpu = time.perf_counter(), time.thread_time()
+        valid = original(signed, key)
+        waits.append((time.perf_counter() - wall) - (time.thread_time() - cpu))
+        return valid
+
+    _verify._ed25519_valid = timed
+    try:
+        wall, _, _ = asyncio.run(fleet(url, nodes, count, threads))
+    finally:
+        _verify._ed25519_valid = original
+    return wall, waits
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nodes", type=int, default=200)
     parser.add_argument("--events-per-node", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--gil-waits", action="store_true", help="one more round, timing the threads' verifies"
+    )
     args = parser.parse_args()
     nodes, count = args.nodes, args.events_per_node
     total = nodes * count
@@ -135,7 +170,8 @@ def main() -> None:
     one_node = [signed_message(e) for e in envelopes]
     messages = (one_node * nodes)[:total]
     threads = DEFAULT_VERIFY_THREADS
-    variants = {"on the event loop": 0, f"{threads} thread(s) + the loop": threads}
+    pooled_name = f"{threads} thread(s) + the loop"
+    variants = {"on the event loop": 0, pooled_name: threads}
     best: dict[str, tuple[float, float, float]] = {}
     rounds: dict[str, list[float]] = {name: [] for name in [*variants, "bare"]}
     try:
@@ -149,6 +185,7 @@ def main() -> None:
             rounds["bare"].append(total / wall)
             if "bare" not in best or wall < best["bare"][0]:
                 best["bare"] = (wall, wall, wall)
+        waited = gil_waits(url, nodes, count, threads) if args.gil_waits and threads else None
     finally:
         ours.send("stop")
         server.join(5)
@@ -175,6 +212,25 @@ def main() -> None:
         f"{name}: " + ", ".join(f"{rate:,.0f}" for rate in rates) for name, rates in rounds.items()
     ))  # fmt: skip
     print("exactly once and in order on every node, in every round: checked")
+    bare_seconds = best["bare"][0]
+    python_seconds = best["on the event loop"][2] - bare_seconds
+    estimate = python_seconds + bare_seconds / (threads + 1)
+    print(
+        f"where the time goes: the loop's Python {python_seconds:.2f} s "
+        f"({python_seconds / total * 1e6:.1f} us an event: the loop-only variant's loop s "
+        f"less the bare loop's {bare_seconds:.2f} s); threads wait for the GIL while it runs, "
+        f"so wall ~ Python + bare / {threads + 1} = {estimate:.2f} s "
+        f"(measured {best[pooled_name][0]:.2f} s)"
+    )
+    if waited is not None:
+        wall, waits = waited
+        waits.sort()
+        p50, p90, p99 = (waits[len(waits) * q // 100] * 1e6 for q in (50, 90, 99))
+        print(
+            f"GIL waits (one more round, {wall:.2f} s): {len(waits):,} verifies on the "
+            f"threads waited {sum(waits):.2f} s in all for the GIL after the call; "
+            f"p50 {p50:.0f} us, p90 {p90:.0f} us, p99 {p99:.0f} us"
+        )
     print("target: the fleet >= 1.3x the bare loop")
 
 
