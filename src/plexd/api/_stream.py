@@ -437,6 +437,9 @@ class SSEStream:
                 position = index // size
                 batch.parse_through(position + ahead)
             envelope = parsed[index]
+            # Handled from here on: dropped from the batch, it dies young, and the garbage
+            # collector has fewer survivors to promote (a chunk holds hundreds of events).
+            parsed[index] = None  # type: ignore[call-overload]
             if isinstance(envelope, EnvelopeError):
                 self._skip_malformed(event, envelope)
             else:
