@@ -8,6 +8,9 @@ import asyncio
 import base64
 import os
 import random
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -560,3 +563,51 @@ async def test_a_dispatcher_that_changes_dispatch_is_the_one_called(
     with pytest.raises(Exception):  # noqa: B017 - the drop, whatever it maps to
         await stream.connect(NODE)
     assert seen == [text for n in range(1, 20) for text in (f"via evt-{n}", f"evt-{n}")]
+
+
+FORK = """
+import os, threading, warnings
+from plexd.api._pool import VERIFY_POOL
+
+class Job:
+    names = []
+    def run(self):
+        self.names.append(threading.current_thread().name)
+
+def pool_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("plexd-verify")]
+
+VERIFY_POOL.acquire(1)  # the parent holds the pool: a thread runs, one user
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads (3.12+)
+    pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        if VERIFY_POOL.threads == 0 and VERIFY_POOL.users == 0:
+            VERIFY_POOL.acquire(1)
+            job = Job()
+            VERIFY_POOL.submit(job)
+            VERIFY_POOL.release()
+            VERIFY_POOL.release()  # the parent's user, inherited
+            ran = job.names and job.names[0].startswith("plexd-verify")
+            code = 0 if ran and VERIFY_POOL.users == 0 and not pool_threads() else 2
+    finally:
+        os._exit(code)
+_, status = os.waitpid(pid, 0)
+parent = len(pool_threads())
+VERIFY_POOL.release()
+print("child", os.waitstatus_to_exitcode(status), "parent", parent, len(pool_threads()))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_from_an_empty_pool() -> None:
+    # A child forked while the parent's pool runs gets threads of its own (the parent's
+    # were not copied, and their lock may have been held), and may release a user it
+    # inherited without breaking the count; the parent's pool is untouched.
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(FORK)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["child", "0", "parent", "1", "0"]

@@ -6,6 +6,9 @@ lives only while someone uses it: :meth:`WorkerPool.acquire` starts threads,
 and the :meth:`WorkerPool.release` of the last user stops and joins them, so no
 thread outlives the last stream. A job is anything with ``run()``; it must not
 raise, and one that was cancelled should return at once.
+
+A forked child starts with an empty pool: the parent's threads do not exist there,
+and a lock a parent thread held at the fork would never be released.
 """
 
 from __future__ import annotations
@@ -104,10 +107,11 @@ class WorkerPool:
     def release(self) -> None:
         """Count one user less; the last one stops the threads and joins them."""
         with self._lock:
-            self._users -= 1
-            if self._users > 0:
+            # A user the parent had before a fork may release in the child, where the
+            # count started again from zero: it never goes below.
+            self._users = max(self._users - 1, 0)
+            if self._users:
                 return
-            self._users = 0
             threads = self._stop()
         for thread in threads:
             thread.join()
@@ -119,6 +123,14 @@ class WorkerPool:
         for _ in threads:
             ending.put(None)
         return threads
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: no thread, no user, a new lock and queue (the parent's
+        threads were not copied; its jobs stay with it)."""
+        self._lock = threading.Lock()
+        self._users = 0
+        self._threads = []
+        self._queue = queue.SimpleQueue()
 
     def submit(self, job: Job) -> None:
         """Queue ``job`` for the next free thread (call between acquire and release)."""
@@ -135,3 +147,5 @@ def _work(jobs: queue.SimpleQueue[Job | None]) -> None:
 
 # The process's one pool.
 VERIFY_POOL = WorkerPool()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=VERIFY_POOL.forget_after_fork)
