@@ -20,6 +20,7 @@ from plexd.api import (
     classify_error,
 )
 from plexd.api._checks import check_intervals, check_polling
+from plexd.api._classify import classify_as_browser
 from plexd.api._reconnect import MAX_BACKOFF_EXPONENT, Decision, Step
 from plexd.api.errors import (
     APIConnectionError,
@@ -167,6 +168,32 @@ TRANSIENT = APIConnectionError("connection refused")
 )
 def test_classify_error(exc: Exception, action: FailureAction) -> None:
     assert classify_error(exc) is action
+
+
+@pytest.mark.parametrize(
+    ("exc", "action"),
+    [
+        (APIConnectionError("reset"), FailureAction.RETRY_TRANSIENT),
+        (SSEIdleTimeoutError("idle"), FailureAction.RETRY_TRANSIENT),
+        (SSEProtocolError("not text/event-stream"), FailureAction.RETRY_TRANSIENT),
+        (ServerError(500, ""), FailureAction.RETRY_TRANSIENT),
+        (ServerError(503, "", retry_after=2.0), FailureAction.RESPECT_SERVER),
+        (RateLimitError(429, ""), FailureAction.RESPECT_SERVER),
+        (APIError(408, ""), FailureAction.RETRY_TRANSIENT),
+        (UnauthorizedError(401, ""), FailureAction.PERMANENT_FAILURE),
+        (NotFoundError(404, ""), FailureAction.PERMANENT_FAILURE),
+        (APIError(410, ""), FailureAction.PERMANENT_FAILURE),
+        (PlexdError("a failure of the response"), FailureAction.RETRY_TRANSIENT),
+        # What no server can cause: retrying would fail the same way, forever.
+        (ClientClosedError("closed"), FailureAction.PERMANENT_FAILURE),
+        (ConfigError("bad"), FailureAction.PERMANENT_FAILURE),
+        (ArgumentError("bad"), FailureAction.PERMANENT_FAILURE),
+        (EventLoopError("other loop"), FailureAction.PERMANENT_FAILURE),
+        (KeyError("bug"), FailureAction.PERMANENT_FAILURE),
+    ],
+)
+def test_classify_as_browser(exc: Exception, action: FailureAction) -> None:
+    assert classify_as_browser(exc) is action
 
 
 # --- the pure policy ----------------------------------------------------------

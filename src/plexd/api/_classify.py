@@ -13,6 +13,10 @@ from .errors import (
     RETRY_AFTER_STATUSES,
     APIConnectionError,
     APIError,
+    ArgumentError,
+    ClientClosedError,
+    ConfigError,
+    EventLoopError,
     PlexdError,
     SSEProtocolError,
 )
@@ -21,6 +25,9 @@ from .errors import (
 _TRANSIENT_4XX = frozenset({408, 425})
 # The 4xx a browser's EventSource reconnects after; every other 4xx ends the iteration.
 _BROWSER_RETRIED_4XX = _TRANSIENT_4XX | {429}
+# Failures no server and no network can cause (a closed client, a wrong setting or
+# argument, another event loop): the next attempt would fail the same way.
+_CALLERS_FAILURES = (ClientClosedError, ConfigError, ArgumentError, EventLoopError)
 
 
 class FailureAction(enum.Enum):
@@ -72,8 +79,10 @@ def classify_as_browser(exc: BaseException) -> FailureAction:
     401, 403, 404, 410 and every other 4xx except 408, 425 and 429 stop it: retrying
     cannot help (a 204, the server's "no more", never gets here). 429 and 503 respect
     the server's Retry-After; any other status, an I/O error, a read timeout and a
-    response that is not an event stream reconnect. Anything that is not a
-    :class:`PlexdError` is a bug and stops it.
+    response that is not an event stream reconnect. What no server can cause stops it
+    (:class:`ClientClosedError`, :class:`ConfigError`, :class:`ArgumentError`,
+    :class:`EventLoopError`), and so does anything that is not a :class:`PlexdError`
+    (a bug).
     """
     if isinstance(exc, APIError):
         status = exc.status_code
@@ -82,6 +91,6 @@ def classify_as_browser(exc: BaseException) -> FailureAction:
         if 400 <= status < 500 and status not in _BROWSER_RETRIED_4XX:
             return FailureAction.PERMANENT_FAILURE
         return FailureAction.RETRY_TRANSIENT
-    if isinstance(exc, PlexdError):
+    if isinstance(exc, PlexdError) and not isinstance(exc, _CALLERS_FAILURES):
         return FailureAction.RETRY_TRANSIENT
     return FailureAction.PERMANENT_FAILURE

@@ -107,7 +107,10 @@ class EventSource:
     origin changes). 401, 403, 404, 410 and every other 4xx except 408, 425 and 429
     call ``on_error`` and then end the iteration by raising that :class:`APIError`.
     Any other failure calls ``on_error`` once and reconnects after the backoff delay
-    (``reconnect_delay=0``: at once). Comments call ``on_comment``. Callbacks run in
+    (``reconnect_delay=0``: at once), except what no server can cause (a
+    :class:`ConfigError`, :class:`ArgumentError`, :class:`EventLoopError` or
+    :class:`ClientClosedError`), which ends the iteration like a 4xx. Comments call
+    ``on_comment``. Callbacks run in
     stream order relative to the events.
 
     ``last_event_id`` is the most recent event id, up to the last event yielded, that
