@@ -110,8 +110,7 @@ class EventSource:
     (``reconnect_delay=0``: at once), except what no server can cause (a
     :class:`ConfigError`, :class:`ArgumentError`, :class:`EventLoopError` or
     :class:`ClientClosedError`), which ends the iteration like a 4xx. Comments call
-    ``on_comment``. Callbacks run in
-    stream order relative to the events.
+    ``on_comment``. Callbacks run in stream order relative to the events.
 
     ``last_event_id`` is the most recent event id, up to the last event yielded, that
     can be sent back as ``Last-Event-ID`` (see :func:`is_header_safe`); an id with a
