@@ -88,6 +88,31 @@ def _pipelines(verifier: EventVerifier) -> TypeGuard[Ed25519Verifier]:
     )
 
 
+def _deliver(
+    dispatch: Callable[[SignedEnvelope], Awaitable[None] | None],
+    envelope: SignedEnvelope,
+    nonces: NonceStore | None,
+) -> Awaitable[None] | None:
+    """Hand a verified event to its handlers: None once they all ran, or what finishes
+    them (await it at once). No coroutine while the handlers are plain functions."""
+    try:
+        pending = dispatch(envelope)
+    except BaseException:
+        _unspend(nonces, envelope)
+        raise
+    return None if pending is None else _finish_delivery(pending, envelope, nonces)
+
+
+async def _finish_delivery(
+    pending: Awaitable[None], envelope: SignedEnvelope, nonces: NonceStore | None
+) -> None:
+    try:
+        await pending
+    except BaseException:
+        _unspend(nonces, envelope)
+        raise
+
+
 def _unspend(nonces: NonceStore | None, envelope: SignedEnvelope) -> None:
     # The handlers were interrupted (a stop or a cancellation): the cursor stays before the
     # event, and its replay must not be refused as a replay.
@@ -390,13 +415,9 @@ class SSEStream:
                 except VerificationError as exc:
                     self._skip_unverifiable(event, envelope, exc)
                 else:
-                    try:
-                        pending = dispatch(envelope)
-                        if pending is not None:
-                            await pending
-                    except BaseException:
-                        _unspend(nonces, envelope)
-                        raise
+                    pending = _deliver(dispatch, envelope, nonces)
+                    if pending is not None:
+                        await pending
             if event.id != self._seen_id:
                 self._advance(event.id)
         self._batch_done(events)
@@ -421,7 +442,7 @@ class SSEStream:
 
     async def _dispatch_checked(self, batch: _PooledBatch) -> None:
         verifier = batch.verifier
-        finish = verifier.finish_check
+        finish, nonces = verifier.finish_check, verifier.nonces
         dispatch = self._dispatch_now
         task = asyncio.current_task()
         engine = self._engine
@@ -452,13 +473,9 @@ class SSEStream:
                 except VerificationError as exc:
                     self._skip_unverifiable(event, envelope, exc)
                 else:
-                    try:
-                        pending = dispatch(envelope)
-                        if pending is not None:
-                            await pending
-                    except BaseException:
-                        _unspend(verifier.nonces, envelope)
-                        raise
+                    pending = _deliver(dispatch, envelope, nonces)
+                    if pending is not None:
+                        await pending
             if event.id != self._seen_id:
                 self._advance(event.id)
 
