@@ -3,24 +3,36 @@ failure."""
 
 from __future__ import annotations
 
-from plexd.api import (
-    APIConnectionError,
-    ConfigError,
-    ForbiddenError,
-    NotFoundError,
-    PlexdError,
-    UnauthorizedError,
+from plexd._exits import (
+    EXIT_AUTH,
+    EXIT_CONNECTION,
+    EXIT_FAILURE,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_USAGE,
+    failure_exit_code,
+    one_line,
 )
+from plexd.api import ConfigError, PlexdError
+
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_CODES_HELP",
+    "EXIT_CONNECTION",
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "PROG",
+    "error_line",
+    "exit_code_for",
+    "one_line",
+]
 
 # The command's name, as it prefixes every error line and names itself in --help.
 PROG = "plexd-api"
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_AUTH = 3
-EXIT_NOT_FOUND = 4
-EXIT_CONNECTION = 5
 # What a shell reports for a process ended by Ctrl-C (128 + SIGINT).
 EXIT_INTERRUPTED = 130
 
@@ -41,15 +53,9 @@ _HINTS = {
 
 def exit_code_for(exc: BaseException) -> int:
     """The exit code a failure ends the command with."""
-    if isinstance(exc, UnauthorizedError | ForbiddenError):
-        return EXIT_AUTH
-    if isinstance(exc, NotFoundError):
-        return EXIT_NOT_FOUND
-    if isinstance(exc, APIConnectionError):
-        return EXIT_CONNECTION
     if isinstance(exc, ConfigError):
         return EXIT_USAGE
-    return EXIT_FAILURE
+    return failure_exit_code(exc)
 
 
 def error_line(exc: BaseException) -> str:
@@ -64,7 +70,3 @@ def error_line(exc: BaseException) -> str:
         text = f"{text}; {hint}"
     return one_line(text)
 
-
-def one_line(text: str) -> str:
-    """``text`` with its line breaks folded into spaces."""
-    return " ".join(text.split())

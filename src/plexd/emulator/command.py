@@ -27,16 +27,8 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from plexd.api import (
-    APIConnectionError,
-    ForbiddenError,
-    NotFoundError,
-    Peer,
-    PlexdError,
-    Policy,
-    UnauthorizedError,
-    build_ssl_context,
-)
+from plexd._exits import EXIT_OK, EXIT_USAGE, failure_exit_code, one_line
+from plexd.api import Peer, PlexdError, Policy, build_ssl_context
 
 from .admin_client import AdminClient
 from .faults import Faults
@@ -48,13 +40,6 @@ from .state import (
     DEFAULT_MAX_EVENTS,
     DEFAULT_MAX_RECORDED_BYTES,
 )
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_AUTH = 3
-EXIT_NOT_FOUND = 4
-EXIT_CONNECTION = 5
 
 # Where the subcommands look for the emulator when --url is not given.
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -279,26 +264,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m plexd.emulato
         _error(prog, str(exc))
         return EXIT_USAGE
     except (PlexdError, OSError, ValueError) as exc:
-        _error(prog, _one_line(str(exc) or type(exc).__name__))
-        return _exit_code(exc)
+        _error(prog, str(exc) or type(exc).__name__)
+        return failure_exit_code(exc)
 
 
 def _error(prog: str, message: str) -> None:
-    print(f"{prog}: error: {_one_line(message)}", file=sys.stderr, flush=True)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _exit_code(exc: BaseException) -> int:
-    if isinstance(exc, UnauthorizedError | ForbiddenError):
-        return EXIT_AUTH
-    if isinstance(exc, NotFoundError):
-        return EXIT_NOT_FOUND
-    if isinstance(exc, APIConnectionError):
-        return EXIT_CONNECTION
-    return EXIT_FAILURE
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
 
 
 def _configure_logging(verbose: bool) -> None:
