@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable, Mapping
 
 from nacl.signing import SigningKey
 
@@ -39,3 +40,24 @@ def bare_verify(messages: list[bytes]) -> tuple[float, float]:
         for message in messages:
             nacl.bindings.crypto_sign_open(message, PUBLIC)
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+Timing = tuple[float, float, float]  # wall, process CPU and event loop thread CPU seconds
+
+
+def interleaved_rounds(
+    rounds: int, variants: Mapping[str, Callable[[], Timing]], messages: list[bytes], events: int
+) -> tuple[dict[str, Timing], dict[str, list[float]]]:
+    """Each round runs every variant (``events`` events each), then the bare loop over
+    ``messages`` (as "bare"): the best timing of each, and every round's events/s."""
+    best: dict[str, Timing] = {}
+    rates: dict[str, list[float]] = {name: [] for name in [*variants, "bare"]}
+    for _ in range(rounds):
+        timings = {name: run() for name, run in variants.items()}
+        wall, cpu = bare_verify(messages)
+        timings["bare"] = (wall, cpu, cpu)
+        for name, timing in timings.items():
+            rates[name].append(events / timing[0])
+            if name not in best or timing[0] < best[name][0]:
+                best[name] = timing
+    return best, rates

@@ -30,11 +30,12 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from aiohttp import web
 
-from _signed import PUBLIC, SEED, bare_verify, signed_message
+from _signed import PUBLIC, SEED, Timing, interleaved_rounds, signed_message
 from plexd.api import (
     Config,
     ControlPlane,
@@ -173,19 +174,13 @@ def main() -> None:
     threads = DEFAULT_VERIFY_THREADS
     pooled_name = f"{threads} thread(s) + the loop"
     variants = {"on the event loop": 0, pooled_name: threads}
-    best: dict[str, tuple[float, float, float]] = {}
-    rounds: dict[str, list[float]] = {name: [] for name in [*variants, "bare"]}
+
+    def run(setting: int) -> Callable[[], Timing]:
+        return lambda: asyncio.run(fleet(url, nodes, count, setting))
+
     try:
-        for _ in range(args.rounds):
-            for name, setting in variants.items():
-                wall, cpu, loop_cpu = asyncio.run(fleet(url, nodes, count, setting))
-                rounds[name].append(total / wall)
-                if name not in best or wall < best[name][0]:
-                    best[name] = (wall, cpu, loop_cpu)
-            wall, _ = bare_verify(messages)
-            rounds["bare"].append(total / wall)
-            if "bare" not in best or wall < best["bare"][0]:
-                best["bare"] = (wall, wall, wall)
+        runs = {name: run(setting) for name, setting in variants.items()}
+        best, rounds = interleaved_rounds(args.rounds, runs, messages, total)
         waited = gil_waits(url, nodes, count, threads) if args.gil_waits and threads else None
     finally:
         ours.send("stop")

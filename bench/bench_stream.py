@@ -26,11 +26,12 @@ import multiprocessing
 import os
 import statistics
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from aiohttp import web
 
-from _signed import PUBLIC, SEED, bare_verify, signed_message
+from _signed import PUBLIC, SEED, Timing, interleaved_rounds, signed_message
 from plexd.api import (
     Config,
     ControlPlane,
@@ -165,29 +166,21 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     messages = signed_messages(body)
     pooled = DEFAULT_VERIFY_THREADS
+
+    def run(verifier: Callable[[], EventVerifier], threads: int) -> Callable[[], Timing]:
+        return lambda: asyncio.run(consume(url, NODE, count, verifier(), threads))[:3]
+
+    def ed25519() -> EventVerifier:
+        return Ed25519Verifier(PUBLIC)
+
     variants = {
-        "NoOpVerifier": lambda: asyncio.run(consume(url, NODE, count, NoOpVerifier(), 0)),
-        "Ed25519, on the event loop": lambda: asyncio.run(
-            consume(url, NODE, count, Ed25519Verifier(PUBLIC), 0)
-        ),
-        f"Ed25519, {pooled} thread(s) + the loop": lambda: asyncio.run(
-            consume(url, NODE, count, Ed25519Verifier(PUBLIC), pooled)
-        ),
+        "NoOpVerifier": run(NoOpVerifier, 0),
+        "Ed25519, on the event loop": run(ed25519, 0),
+        f"Ed25519, {pooled} thread(s) + the loop": run(ed25519, pooled),
     }
-    best: dict[str, tuple[float, float, float]] = {}
-    all_rates: dict[str, list[float]] = {name: [] for name in [*variants, "bare"]}
     latency: dict[str, list[float]] = {"on the event loop": [], "on the threads": []}
     try:
-        for _ in range(args.rounds):
-            for name, run in variants.items():
-                wall, cpu, loop_cpu, _ = run()
-                all_rates[name].append(count / wall)
-                if name not in best or wall < best[name][0]:
-                    best[name] = (wall, cpu, loop_cpu)
-            wall, cpu = bare_verify(messages)
-            all_rates["bare"].append(count / wall)
-            if "bare" not in best or wall < best["bare"][0]:
-                best["bare"] = (wall, cpu, cpu)
+        best, all_rates = interleaved_rounds(args.rounds, variants, messages, count)
         for _ in range(args.rounds):
             for name, threads in (("on the event loop", 0), ("on the threads", pooled)):
                 _, _, _, received = asyncio.run(

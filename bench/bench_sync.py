@@ -114,6 +114,19 @@ def sync_rate(url: str, node_id: str, token: str, calls: int, concurrency: int) 
 Measure = Callable[[str, str, str, int, int], float]
 
 
+def counting(events: int, stop: Callable[[], None]) -> Callable[[SignedEnvelope], None]:
+    """A handler that counts the events and calls ``stop`` at the ``events``-th."""
+    seen = 0
+
+    def count(envelope: SignedEnvelope) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == events:
+            stop()
+
+    return count
+
+
 def async_events(url: str, node_id: str, token: str, events: int) -> float:
     """Events per second through the asyncio SSEManager, one counting handler."""
 
@@ -122,14 +135,7 @@ def async_events(url: str, node_id: str, token: str, events: int) -> float:
             client.set_auth_token(token)
             manager = SSEManager(client)
             manager.last_event_id = "0"  # replay from the start: published before
-            seen = [0]
-
-            def count(envelope: SignedEnvelope) -> None:
-                seen[0] += 1
-                if seen[0] == events:
-                    manager.shutdown()
-
-            manager.register_default_handler(count)
+            manager.register_default_handler(counting(events, manager.shutdown))
             start = time.perf_counter()
             await manager.start(node_id)
             return events / (time.perf_counter() - start)
@@ -143,14 +149,7 @@ def sync_events(url: str, node_id: str, token: str, events: int) -> float:
         client.set_auth_token(token)
         manager = sync.SSEManager(client)
         manager.last_event_id = "0"  # replay from the start: published before
-        seen = [0]
-
-        def count(envelope: SignedEnvelope) -> None:
-            seen[0] += 1
-            if seen[0] == events:
-                manager.shutdown()
-
-        manager.register_default_handler(count)
+        manager.register_default_handler(counting(events, manager.shutdown))
         start = time.perf_counter()
         manager.run(node_id)
         return events / (time.perf_counter() - start)
